@@ -1,0 +1,1 @@
+"""Datasets, DataLoader, samplers and batch-size schedules (tg.data)."""

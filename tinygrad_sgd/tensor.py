@@ -1,0 +1,883 @@
+"""Tensor: an n-dimensional array that records the ops applied to it, and reverse-mode
+autodiff over that record.
+
+How it works, in one paragraph. Every differentiable op is a :class:`Function` subclass
+(in ``ops.py``) with ``forward`` on raw arrays and ``backward`` written with Tensor ops.
+Calling an op makes a Function instance that remembers its input tensors; the output
+tensor points back to it through ``_ctx``. ``loss.backward()`` sorts the recorded graph
+topologically (iteratively, so a chain of 100,000 ops is fine), walks it from the loss
+back to the leaves, and asks each Function for the gradient of each input. Because
+``backward`` is written with Tensor ops, running it with grad mode on (``create_graph``)
+records the backward pass too, which is how second derivatives (Hessian-vector products)
+come out. With ``create_graph=False`` backward runs under ``no_grad`` and records
+nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+import numpy as np
+
+from . import backend, rng
+from .sparse import SparseRowGrad
+
+# ----------------------------------------------------------------------------- grad mode
+
+_grad_enabled = True
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def _grad_mode(enabled: bool):
+    global _grad_enabled
+    previous = _grad_enabled
+    _grad_enabled = enabled
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def no_grad():
+    """Context manager: ops inside record no graph (evaluation, optimizer updates).
+
+    Like ``torch.no_grad``. The mode is process-wide, not per thread.
+    """
+    return _grad_mode(False)
+
+
+def enable_grad():
+    """Context manager that turns recording back on inside a ``no_grad`` block."""
+    return _grad_mode(True)
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+float32 = np.dtype(np.float32)
+float64 = np.dtype(np.float64)
+float16 = np.dtype(np.float16)
+int64 = np.dtype(np.int64)
+int32 = np.dtype(np.int32)
+uint8 = np.dtype(np.uint8)
+bool_ = np.dtype(np.bool_)
+
+
+def _check_dtype(dtype: np.dtype, what: str = "Tensor") -> np.dtype:
+    """Allow bool, integer and real floating dtypes; name anything else in the error."""
+    if dtype.kind not in "biuf":
+        raise TypeError(f"{what}: unsupported dtype {dtype} (kind {dtype.kind!r}); tensors hold "
+                        "bool, integer or floating-point numbers, not objects, strings or complex")
+    return dtype
+
+
+def _default_dtype_for(array) -> np.dtype:
+    """float data -> float32 (the deep-learning default); ints and bools keep their type."""
+    return float32 if array.dtype.kind == "f" else array.dtype
+
+
+# ----------------------------------------------------------------------------- Tensor
+
+
+class Tensor:
+    """An array on a device (NumPy on ``"cpu"``, CuPy on ``"cuda:N"``) with autograd.
+
+    ``Tensor(data, requires_grad=False, dtype=None, device=None)`` copies ``data`` (a
+    list, scalar, NumPy/CuPy array or Tensor), like ``torch.tensor``. Floating-point data
+    becomes float32 unless ``dtype`` says otherwise (``dtype=tg.float64`` for gradient
+    checks); integer and bool data keep their type (labels, indices, masks). Only
+    floating-point tensors can require gradients.
+    """
+
+    __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_device", "_retains_grad", "__weakref__")
+
+    # Let NumPy hand `ndarray * tensor` to Tensor.__rmul__ instead of looping over elements.
+    __array_ufunc__ = None
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None, device=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        target_device = backend.parse_device(device) if device is not None else (
+            backend.device_of(data) if backend.is_array(data) else backend.default_device())
+        xp = backend.get_array_module(target_device)
+        if backend.is_array(data):
+            array = backend.to_device(data, target_device)
+        else:
+            try:
+                array = np.asarray(data)
+            except (ValueError, TypeError) as error:
+                raise TypeError(f"Tensor: cannot build a tensor from {type(data).__name__}: {error}") from None
+            _check_dtype(array.dtype)
+            array = backend.to_device(array, target_device)
+        _check_dtype(array.dtype)
+        dtype = _check_dtype(np.dtype(dtype)) if dtype is not None else _default_dtype_for(array)
+        with backend.device_context(target_device):
+            array = xp.array(array, dtype=dtype, copy=True)
+        self._init(array, target_device, requires_grad)
+
+    def _init(self, array, device: str, requires_grad: bool) -> None:
+        self.data = array
+        self.grad = None
+        self._ctx = None
+        self._device = device
+        self._retains_grad = False
+        self._requires_grad = False
+        if requires_grad:
+            self.requires_grad = True
+
+    @classmethod
+    def _make(cls, array, device: str, requires_grad: bool = False) -> "Tensor":
+        """Wrap a raw array without copying or checks (the ops' fast path)."""
+        tensor = cls.__new__(cls)
+        tensor.data = array
+        tensor.grad = None
+        tensor._ctx = None
+        tensor._device = device
+        tensor._retains_grad = False
+        tensor._requires_grad = requires_grad
+        return tensor
+
+    @classmethod
+    def from_array(cls, array, requires_grad: bool = False) -> "Tensor":
+        """Wrap a NumPy/CuPy array *without copying* (like ``torch.from_numpy``)."""
+        if not backend.is_array(array):
+            raise TypeError(f"from_array expects a NumPy or CuPy array, got {type(array).__name__}")
+        _check_dtype(array.dtype, "from_array")
+        tensor = cls._make(array, backend.device_of(array))
+        tensor.requires_grad = requires_grad
+        return tensor
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        value = bool(value)
+        if value and self.data.dtype.kind != "f":
+            raise RuntimeError(f"only floating-point tensors can require gradients, got dtype {self.data.dtype}")
+        if not value and self._ctx is not None:
+            raise RuntimeError("requires_grad can only be switched off on a leaf tensor; use .detach()")
+        self._requires_grad = value
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
+        self.requires_grad = requires_grad
+        return self
+
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    def dim(self) -> int:
+        return self.data.ndim
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def size(self, dim: int | None = None):
+        """The shape (PyTorch's ``size()``); ``size(dim)`` is one axis' length.
+
+        NumPy's ``.size`` attribute (element count) is ``numel()`` here.
+        """
+        return self.data.shape if dim is None else self.data.shape[dim]
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for tensors made by the user (or under no_grad): backward fills their .grad."""
+        return self._ctx is None
+
+    @property
+    def grad_fn(self):
+        """The Function that produced this tensor, or None for a leaf."""
+        return self._ctx
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on this non-leaf tensor after backward (for inspection)."""
+        if not self._requires_grad:
+            raise RuntimeError("retain_grad() on a tensor that does not require grad")
+        self._retains_grad = True
+
+    def __len__(self) -> int:
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    def __repr__(self) -> str:
+        body = np.array2string(backend.to_numpy(self.data), separator=", ", precision=4, threshold=50)
+        extras = []
+        if self._device != "cpu":
+            extras.append(f"device='{self._device}'")
+        if self.data.dtype != float32:
+            extras.append(f"dtype={self.data.dtype}")
+        if self._ctx is not None:
+            extras.append(f"grad_fn=<{type(self._ctx).__name__}>")
+        elif self._requires_grad:
+            extras.append("requires_grad=True")
+        return f"Tensor({body}{''.join(', ' + e for e in extras)})"
+
+    # Tensors compare elementwise, so hashing falls back to identity (like torch).
+    __hash__ = object.__hash__
+
+    # ------------------------------------------------------------------ conversion
+    def numpy(self) -> np.ndarray:
+        """The data as a NumPy array (the same memory on the CPU, a copy from a GPU)."""
+        if self._requires_grad:
+            raise RuntimeError("numpy() on a tensor that requires grad; call .detach().numpy()")
+        return backend.to_numpy(self.data)
+
+    def item(self):
+        """The value of a one-element tensor as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.data.shape}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return backend.to_numpy(self.data).tolist()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor with shape {self.data.shape} is ambiguous")
+        return bool(self.item())
+
+    def detach(self) -> "Tensor":
+        """A new leaf sharing the same data, cut from the graph."""
+        return Tensor._make(self.data, self._device)
+
+    def to(self, device=None, dtype=None) -> "Tensor":
+        """Move to ``device`` and/or cast to ``dtype`` (differentiable, like torch)."""
+        if isinstance(device, (np.dtype, type)) and dtype is None:
+            device, dtype = None, device
+        result = self
+        if dtype is not None and np.dtype(dtype) != self.data.dtype:
+            result = ops.Cast.apply(result, dtype=_check_dtype(np.dtype(dtype)))
+        if device is not None:
+            target = backend.parse_device(device)
+            if target != result._device:
+                result = ops.ToDevice.apply(result, device=target)
+        return result
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
+
+    def cuda(self, index: int = 0) -> "Tensor":
+        return self.to(f"cuda:{index}")
+
+    def astype(self, dtype) -> "Tensor":
+        return self.to(dtype=dtype)
+
+    def float(self) -> "Tensor":
+        return self.to(dtype=float32)
+
+    def double(self) -> "Tensor":
+        return self.to(dtype=float64)
+
+    def long(self) -> "Tensor":
+        return self.to(dtype=int64)
+
+    def clone(self) -> "Tensor":
+        return ops.Clone.apply(self)
+
+    # ------------------------------------------------------------------ autograd
+    def backward(self, grad=None, retain_graph: bool | None = None, create_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        ``grad`` is the upstream gradient (needed unless ``self`` has one element).
+        Gradients *add* into ``.grad`` across calls until they are zeroed: that is what
+        makes gradient accumulation over micro-batches one line of user code (call
+        ``backward`` k times, then step), and why training loops call ``zero_grad()``.
+        The graph's saved arrays are freed afterwards unless ``retain_graph=True``;
+        ``create_graph=True`` records the backward pass so the gradients can be
+        differentiated again.
+        """
+        if not self._requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad and has no grad_fn "
+                               "(set requires_grad=True on the leaves, and do not build the graph "
+                               "under no_grad)")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward() on a non-scalar tensor of shape {self.data.shape} needs "
+                                   "grad= (the upstream gradient, same shape)")
+        if retain_graph is None:
+            retain_graph = create_graph
+        run_backward([self], [grad], retain_graph=retain_graph, create_graph=create_graph)
+
+    # ------------------------------------------------------------------ arithmetic
+    def __add__(self, other):
+        return ops.Add.apply(self, _as_tensor(other, self))
+
+    def __radd__(self, other):
+        return ops.Add.apply(_as_tensor(other, self), self)
+
+    def __sub__(self, other):
+        return ops.Sub.apply(self, _as_tensor(other, self))
+
+    def __rsub__(self, other):
+        return ops.Sub.apply(_as_tensor(other, self), self)
+
+    def __mul__(self, other):
+        return ops.Mul.apply(self, _as_tensor(other, self))
+
+    def __rmul__(self, other):
+        return ops.Mul.apply(_as_tensor(other, self), self)
+
+    def __truediv__(self, other):
+        return ops.Div.apply(self, _as_tensor(other, self))
+
+    def __rtruediv__(self, other):
+        return ops.Div.apply(_as_tensor(other, self), self)
+
+    def __pow__(self, exponent):
+        return ops.Pow.apply(self, _as_tensor(exponent, self))
+
+    def __rpow__(self, base):
+        return ops.Pow.apply(_as_tensor(base, self), self)
+
+    def __matmul__(self, other):
+        return ops.MatMul.apply(self, _as_tensor(other, self))
+
+    def __rmatmul__(self, other):
+        return ops.MatMul.apply(_as_tensor(other, self), self)
+
+    def __neg__(self):
+        return ops.Neg.apply(self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return ops.Abs.apply(self)
+
+    # comparisons: non-differentiable bool tensors
+    def __lt__(self, other):
+        return ops.compare("less", self, other)
+
+    def __le__(self, other):
+        return ops.compare("less_equal", self, other)
+
+    def __gt__(self, other):
+        return ops.compare("greater", self, other)
+
+    def __ge__(self, other):
+        return ops.compare("greater_equal", self, other)
+
+    def __eq__(self, other):
+        return ops.compare("equal", self, other)
+
+    def __ne__(self, other):
+        return ops.compare("not_equal", self, other)
+
+    def __invert__(self):
+        if self.data.dtype != bool_:
+            raise TypeError(f"~ needs a bool tensor, got dtype {self.data.dtype}")
+        return Tensor._make(~self.data, self._device)
+
+    def __and__(self, other):
+        return ops.compare("logical_and", self, other)
+
+    def __or__(self, other):
+        return ops.compare("logical_or", self, other)
+
+    # ------------------------------------------------------------------ elementwise
+    def exp(self):
+        return ops.Exp.apply(self)
+
+    def log(self):
+        return ops.Log.apply(self)
+
+    def sqrt(self):
+        return ops.Sqrt.apply(self)
+
+    def abs(self):
+        return ops.Abs.apply(self)
+
+    def tanh(self):
+        return ops.Tanh.apply(self)
+
+    def sigmoid(self):
+        return ops.Sigmoid.apply(self)
+
+    def relu(self):
+        return ops.ReLU.apply(self)
+
+    def leaky_relu(self, negative_slope: float = 0.01):
+        return ops.LeakyReLU.apply(self, negative_slope=float(negative_slope))
+
+    def softplus(self, beta: float = 1.0, threshold: float = 20.0):
+        return ops.Softplus.apply(self, beta=float(beta), threshold=float(threshold))
+
+    def square(self):
+        return ops.Mul.apply(self, self)
+
+    def clip(self, min=None, max=None):
+        """Limit values to [min, max] (torch's ``clamp``; either bound may be None)."""
+        if min is None and max is None:
+            raise ValueError("clip needs at least one of min and max")
+        return ops.Clip.apply(self, low=min, high=max)
+
+    clamp = clip
+
+    def sign(self):
+        """-1, 0 or 1 elementwise; a constant (zero gradient), returned detached."""
+        return Tensor._make(backend.get_array_module(self.data).sign(self.data), self._device)
+
+    # ------------------------------------------------------------------ reductions
+    def sum(self, axis=None, keepdims: bool = False):
+        return ops.Sum.apply(self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims: bool = False):
+        axes = ops.normalize_axes(axis, self.data.ndim)
+        count = 1
+        for a in axes:
+            count *= self.data.shape[a]
+        return ops.Sum.apply(self, axis=axes, keepdims=keepdims) * (1.0 / count if count else float("nan"))
+
+    def max(self, axis=None, keepdims: bool = False):
+        return ops.Max.apply(self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims)
+
+    def min(self, axis=None, keepdims: bool = False):
+        return -ops.Max.apply(-self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims)
+
+    def var(self, axis=None, keepdims: bool = False, correction: int = 1):
+        """Variance over ``axis``, dividing by ``N - correction``.
+
+        PyTorch's default (``correction=1``, the unbiased estimate); NumPy's ``var``
+        defaults to ``ddof=0``: pass ``correction=0`` for that.
+        """
+        axes = ops.normalize_axes(axis, self.data.ndim)
+        count = 1
+        for a in axes:
+            count *= self.data.shape[a]
+        divisor = count - correction
+        centered = self - self.mean(axis=axes, keepdims=True)
+        return (centered * centered).sum(axis=axes, keepdims=keepdims) * (1.0 / divisor if divisor > 0 else float("nan"))
+
+    def std(self, axis=None, keepdims: bool = False, correction: int = 1):
+        return self.var(axis=axis, keepdims=keepdims, correction=correction).sqrt()
+
+    def logsumexp(self, axis=None, keepdims: bool = False):
+        return ops.LogSumExp.apply(self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims)
+
+    def softmax(self, axis: int = -1):
+        return ops.Softmax.apply(self, axis=ops.normalize_axis(axis, self.data.ndim))
+
+    def log_softmax(self, axis: int = -1):
+        return ops.LogSoftmax.apply(self, axis=ops.normalize_axis(axis, self.data.ndim))
+
+    def argmax(self, axis=None, keepdims: bool = False):
+        return ops.arg_reduce("argmax", self, axis, keepdims)
+
+    def argmin(self, axis=None, keepdims: bool = False):
+        return ops.arg_reduce("argmin", self, axis, keepdims)
+
+    # ------------------------------------------------------------------ shape
+    def reshape(self, *shape):
+        shape = _shape_arg(shape)
+        if shape == self.data.shape:
+            return self
+        return ops.Reshape.apply(self, shape=shape)
+
+    view = reshape
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        ndim = self.data.ndim
+        if ndim == 0:
+            return self.reshape(1)
+        start, end = ops.normalize_axis(start_dim, ndim), ops.normalize_axis(end_dim, ndim)
+        shape = self.data.shape
+        return self.reshape(shape[:start] + (-1,) + shape[end + 1:])
+
+    def unsqueeze(self, dim: int):
+        dim = ops.normalize_axis(dim, self.data.ndim + 1)
+        return self.reshape(self.data.shape[:dim] + (1,) + self.data.shape[dim:])
+
+    def squeeze(self, dim=None):
+        shape = self.data.shape
+        if dim is None:
+            return self.reshape(tuple(s for s in shape if s != 1))
+        dims = ops.normalize_axes(dim, self.data.ndim)
+        return self.reshape(tuple(s for i, s in enumerate(shape) if not (i in dims and s == 1)))
+
+    def permute(self, *dims):
+        dims = tuple(ops.normalize_axis(d, self.data.ndim) for d in _shape_arg(dims))
+        if sorted(dims) != list(range(self.data.ndim)):
+            raise ValueError(f"permute: {dims} is not a permutation of the {self.data.ndim} axes of shape {self.data.shape}")
+        return ops.Permute.apply(self, axes=dims)
+
+    def transpose(self, dim0: int | None = None, dim1: int | None = None):
+        """Swap two axes (PyTorch's meaning); with no arguments reverse them all (NumPy's)."""
+        ndim = self.data.ndim
+        if dim0 is None and dim1 is None:
+            return ops.Permute.apply(self, axes=tuple(range(ndim - 1, -1, -1)))
+        if dim0 is None or dim1 is None:
+            raise TypeError("transpose takes two axes to swap, or none to reverse all axes")
+        axes = list(range(ndim))
+        a, b = ops.normalize_axis(dim0, ndim), ops.normalize_axis(dim1, ndim)
+        axes[a], axes[b] = axes[b], axes[a]
+        return ops.Permute.apply(self, axes=tuple(axes))
+
+    swapaxes = transpose
+
+    @property
+    def T(self):
+        """All axes reversed (the matrix transpose for 2-D tensors)."""
+        return ops.Permute.apply(self, axes=tuple(range(self.data.ndim - 1, -1, -1)))
+
+    @property
+    def mT(self):
+        """The last two axes swapped (a batch of matrix transposes)."""
+        return self.transpose(-2, -1)
+
+    def broadcast_to(self, *shape):
+        shape = _shape_arg(shape)
+        if shape == self.data.shape:
+            return self
+        return ops.BroadcastTo.apply(self, shape=shape)
+
+    expand = broadcast_to
+
+    def __getitem__(self, index):
+        return ops.GetItem.apply(self, index=ops.raw_index(index, self))
+
+    def __setitem__(self, index, value):
+        """In-place write, allowed where it cannot corrupt a recorded graph."""
+        if self._ctx is not None or (self._requires_grad and _grad_enabled):
+            raise RuntimeError("in-place assignment to a tensor that is part of the graph; "
+                               "wrap it in `with tg.no_grad():` (leaves only)")
+        value = value.data if isinstance(value, Tensor) else value
+        self.data[ops.raw_index(index, self)] = value
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _shape_arg(shape) -> tuple:
+    """Accept ``f(2, 3)``, ``f((2, 3))`` and ``f([2, 3])`` like torch and NumPy."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    try:
+        return tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be integers, got {shape!r}") from None
+
+
+def _as_tensor(value, like: Tensor) -> Tensor:
+    """Turn a Python scalar or array operand into a constant tensor next to ``like``.
+
+    A Python float keeps a float tensor's dtype (``x * 0.5`` stays float32, as in torch
+    and NumPy 2); a float scalar with an integer tensor gives float32.
+    """
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (bool, int, float, np.number, np.bool_)):
+        like_dtype = like.data.dtype
+        if isinstance(value, (float, np.floating)) and like_dtype.kind != "f":
+            dtype = float32
+        elif isinstance(value, (bool, np.bool_)) and like_dtype.kind == "b":
+            dtype = bool_
+        else:
+            dtype = like_dtype if like_dtype.kind != "b" else np.asarray(value).dtype
+        xp = backend.get_array_module(like.data)
+        return Tensor._make(xp.asarray(value, dtype=dtype), like._device)
+    if backend.is_array(value) or isinstance(value, (list, tuple)):
+        dtype = like.data.dtype if like.data.dtype.kind == "f" else None
+        return Tensor(value, dtype=dtype, device=like._device)
+    raise TypeError(f"unsupported operand type {type(value).__name__} for a Tensor op")
+
+
+# ----------------------------------------------------------------------------- Function
+
+
+class Function:
+    """One differentiable op: ``forward`` on raw arrays, ``backward`` with Tensor ops.
+
+    Subclasses define ``forward(self, *arrays, **params) -> array`` and
+    ``backward(self, grad: Tensor) -> tuple`` returning one gradient (Tensor or None)
+    per input. ``self.inputs`` holds the input tensors, ``self.output`` the output tensor
+    (while it is alive), ``self.needs_input_grad`` which inputs want a gradient.
+    """
+
+    released = False  # set once backward has freed what the op saved
+
+    @classmethod
+    def apply(cls, *inputs: Tensor, **params) -> Tensor:
+        device = inputs[0]._device
+        for other in inputs[1:]:
+            if other._device != device:
+                raise RuntimeError(f"{cls.__name__}: expected all tensors on the same device, "
+                                   f"found {device} and {other._device}")
+        fn = cls.__new__(cls)
+        try:
+            if device == "cpu" or device == "cuda:0":
+                out = fn.forward(*[t.data for t in inputs], **params)
+            else:
+                with backend.device_context(device):
+                    out = fn.forward(*[t.data for t in inputs], **params)
+        except ValueError as error:
+            shapes = ", ".join(str(t.data.shape) for t in inputs)
+            raise ValueError(f"{cls.__name__}: invalid input shapes {shapes}: {error}") from None
+        if isinstance(out, np.generic):  # NumPy returns scalars from 0-d ops
+            out = np.asarray(out)
+        requires_grad = _grad_enabled and any(t._requires_grad for t in inputs)
+        result = Tensor._make(out, device, requires_grad)
+        if requires_grad:
+            fn.inputs = inputs
+            fn.needs_input_grad = tuple(t._requires_grad for t in inputs)
+            fn._output_ref = weakref.ref(result)
+            result._ctx = fn
+        return result
+
+    @property
+    def output(self) -> Tensor:
+        """The tensor this op produced (alive whenever its backward runs)."""
+        return self._output_ref()
+
+    def forward(self, *arrays, **params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad: Tensor) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop the inputs and saved arrays (called after backward without retain_graph)."""
+        self.__dict__.clear()
+        self.released = True
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def _topological_order(roots: list[Tensor]) -> list[Tensor]:
+    """Non-leaf tensors reachable from ``roots``, each after every tensor that uses it.
+
+    Iterative depth-first search (an explicit stack), so deep graphs cannot hit Python's
+    recursion limit.
+    """
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    for root in roots:
+        if root._ctx is None or id(root) in visited:
+            continue
+        visited.add(id(root))
+        stack = [(root, False)]
+        while stack:
+            tensor, children_done = stack.pop()
+            if children_done:
+                order.append(tensor)
+                continue
+            ctx = tensor._ctx
+            if ctx.released:
+                raise RuntimeError("trying to backward through the graph a second time: its saved "
+                                   "values were freed by the first backward(); pass "
+                                   "retain_graph=True to the first call if you need two")
+            stack.append((tensor, True))
+            for parent in ctx.inputs:
+                if parent._ctx is not None and parent._requires_grad and id(parent) not in visited:
+                    visited.add(id(parent))
+                    stack.append((parent, False))
+    order.reverse()  # roots first: every consumer before what it consumes
+    return order
+
+
+def _as_grad_tensor(grad, like: Tensor) -> Tensor:
+    if grad is None:
+        xp = backend.get_array_module(like.data)
+        return Tensor._make(xp.ones(like.data.shape, dtype=like.data.dtype), like._device)
+    grad = grad if isinstance(grad, Tensor) else Tensor(grad, dtype=like.data.dtype, device=like._device)
+    if grad.data.shape != like.data.shape:
+        raise RuntimeError(f"grad has shape {grad.data.shape} but the output has shape {like.data.shape}")
+    if grad._device != like._device:
+        raise RuntimeError(f"grad is on {grad._device} but the output is on {like._device}")
+    return grad
+
+
+def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: bool, create_graph: bool,
+                 inputs: list[Tensor] | None = None) -> list | None:
+    """The engine behind ``Tensor.backward`` and ``autograd.grad``.
+
+    With ``inputs=None`` gradients accumulate into the ``.grad`` of leaves (and of
+    tensors that called ``retain_grad``). With ``inputs`` given, nothing is written to
+    ``.grad``: the gradient of each input is returned instead (None where unused).
+    """
+    grads: dict[int, Tensor] = {}
+    for out, g in zip(outputs, grad_outputs):
+        g = _as_grad_tensor(g, out)
+        grads[id(out)] = grads[id(out)] + g if id(out) in grads else g
+    order = _topological_order(outputs)
+    wanted = {id(t): i for i, t in enumerate(inputs)} if inputs is not None else None
+    captured: list = [None] * len(inputs) if inputs is not None else None
+    # Arrays already stored in some leaf's .grad during this pass: a second leaf that
+    # receives the same array (e.g. both sides of `a + b`) gets a copy, so that later
+    # in-place updates of one .grad (clipping, accumulation) cannot change the other.
+    handed_out: set[int] = set()
+
+    def deliver(tensor: Tensor, g) -> None:
+        if isinstance(g, SparseRowGrad):  # Embedding(sparse=True): only touched rows
+            if create_graph or wanted is not None:
+                raise RuntimeError("sparse gradients support backward() only, not create_graph or autograd.grad")
+            if tensor.grad is None or isinstance(tensor.grad, SparseRowGrad):
+                tensor.grad = g if tensor.grad is None else tensor.grad + g
+            else:
+                backend.index_add(tensor.grad.data, g.indices, g.values)
+            return
+        if isinstance(tensor.grad, SparseRowGrad):  # a dense gradient joins a sparse one
+            tensor.grad = Tensor._make(tensor.grad.to_dense(), tensor._device)
+        if g.data.dtype != tensor.data.dtype:
+            g = g.to(dtype=tensor.data.dtype)
+        if wanted is not None:
+            index = wanted.get(id(tensor))
+            if index is not None:
+                captured[index] = g if captured[index] is None else captured[index] + g
+            return
+        if tensor.grad is None:
+            array = g.data
+            if (not create_graph) and (array.base is not None or not array.flags.writeable
+                                       or id(array) in handed_out):
+                array = array.copy()
+            handed_out.add(id(array))
+            tensor.grad = g if create_graph else Tensor._make(array, tensor._device)
+        elif create_graph:
+            tensor.grad = tensor.grad + g
+        else:
+            tensor.grad.data += g.data  # accumulate in place: .grad may be a view into a flat buffer
+
+    with _grad_mode(create_graph):
+        for out in outputs:  # a root that is itself a leaf or an input
+            if out._ctx is None and id(out) in grads:
+                deliver(out, grads.pop(id(out)))
+        for tensor in order:
+            g = grads.pop(id(tensor), None)
+            ctx = tensor._ctx
+            if g is None:  # not on a path from the outputs that carries gradient
+                if not retain_graph:
+                    ctx.release()
+                continue
+            if tensor._retains_grad or (wanted is not None and id(tensor) in wanted):
+                deliver(tensor, g)
+            input_grads = ctx.backward(g)
+            for parent, pg in zip(ctx.inputs, input_grads):
+                if pg is None or not parent._requires_grad:
+                    continue
+                if parent._ctx is None:
+                    deliver(parent, pg)
+                else:
+                    key = id(parent)
+                    grads[key] = grads[key] + pg if key in grads else pg
+            if not retain_graph:
+                ctx.release()
+    return captured
+
+
+from . import ops  # noqa: E402  (ops needs Tensor and Function defined above)
+
+
+# ----------------------------------------------------------------------------- creation
+
+
+def _creation_dtype(dtype, default=float32) -> np.dtype:
+    return _check_dtype(np.dtype(dtype)) if dtype is not None else default
+
+
+def _new(array_fn, shape, dtype, device, requires_grad) -> Tensor:
+    device = backend.parse_device(device)
+    xp = backend.get_array_module(device)
+    with backend.device_context(device):
+        array = array_fn(xp, _shape_arg(shape), dtype)
+    tensor = Tensor._make(array, device)
+    tensor.requires_grad = requires_grad
+    return tensor
+
+
+def zeros(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _new(lambda xp, s, d: xp.zeros(s, dtype=d), shape, _creation_dtype(dtype), device, requires_grad)
+
+
+def ones(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _new(lambda xp, s, d: xp.ones(s, dtype=d), shape, _creation_dtype(dtype), device, requires_grad)
+
+
+def full(shape, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    if dtype is None:
+        dtype = float32 if isinstance(fill_value, float) else np.asarray(fill_value).dtype
+    return _new(lambda xp, s, d: xp.full(s, fill_value, dtype=d), (shape,) if isinstance(shape, int) else shape,
+                _creation_dtype(dtype), device, requires_grad)
+
+
+def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _new(lambda xp, s, d: xp.eye(s[0], s[1], dtype=d), (n, n if m is None else m),
+                _creation_dtype(dtype), device, requires_grad)
+
+
+def _random(draw, shape, dtype, device, requires_grad) -> Tensor:
+    # Drawn on the CPU from the global generator: the same seed gives the same numbers
+    # on every device.
+    array = draw(rng.generator(), _shape_arg(shape)).astype(_creation_dtype(dtype), copy=False)
+    return _new(lambda xp, s, d: xp.asarray(array), shape, None, device, requires_grad)
+
+
+def randn(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """Standard normal samples from the global generator (seed with ``tg.manual_seed``)."""
+    return _random(lambda g, s: g.standard_normal(s), shape, dtype, device, requires_grad)
+
+
+def rand(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """Uniform samples in [0, 1) from the global generator."""
+    return _random(lambda g, s: g.random(s), shape, dtype, device, requires_grad)
+
+
+def randint(low: int, high: int, size, dtype=None, device=None) -> Tensor:
+    """Integers uniform in [low, high) from the global generator (int64 by default)."""
+    size = (size,) if isinstance(size, int) else tuple(size)
+    return _random(lambda g, s: g.integers(low, high, s), size, dtype or int64, device, False)
+
+
+def arange(start, stop=None, step=1, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """Like ``numpy.arange``; integer arguments give int64, any float gives float32."""
+    if stop is None:
+        start, stop = 0, start
+    if dtype is None:
+        dtype = float32 if any(isinstance(v, float) for v in (start, stop, step)) else int64
+    return _new(lambda xp, s, d: xp.arange(start, stop, step, dtype=d), (), _creation_dtype(dtype), device,
+                requires_grad)
+
+
+def zeros_like(tensor: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return zeros(tensor.shape, dtype=dtype or tensor.dtype, device=device or tensor.device,
+                 requires_grad=requires_grad)
+
+
+def ones_like(tensor: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return ones(tensor.shape, dtype=dtype or tensor.dtype, device=device or tensor.device,
+                requires_grad=requires_grad)
+
+
+def full_like(tensor: Tensor, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return full(tensor.shape, fill_value, dtype=dtype or tensor.dtype, device=device or tensor.device,
+                requires_grad=requires_grad)
+
+
+def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """``tg.tensor(data)``: the same as ``Tensor(data, ...)`` (torch's spelling)."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
