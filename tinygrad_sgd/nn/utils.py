@@ -1,0 +1,1 @@
+"""Gradient transforms and penalties (tg.nn.utils)."""
