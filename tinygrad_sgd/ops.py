@@ -144,11 +144,26 @@ class MatMul(Function):
             g_shape = g_shape + (1,)
         g2 = grad.reshape(g_shape)
         grad_a = grad_b = None
+        # A transposed 2-D operand (``x @ W.T``) gets its gradient computed transposed,
+        # (B^T G^T)^T instead of G B^T: same numbers, but laid out like the operand, so
+        # the gradient that reaches W is contiguous and the optimizer reads it at full speed.
         if self.needs_input_grad[0]:
-            grad_a = unbroadcast(g2 @ b2.mT, a2.data.shape).reshape(a.data.shape)
+            if _is_transposed_matrix(a2.data):
+                grad_a = (b2 @ g2.mT).mT
+            else:
+                grad_a = unbroadcast(g2 @ b2.mT, a2.data.shape)
+            grad_a = grad_a.reshape(a.data.shape)
         if self.needs_input_grad[1]:
-            grad_b = unbroadcast(a2.mT @ g2, b2.data.shape).reshape(b.data.shape)
+            if _is_transposed_matrix(b2.data):
+                grad_b = (g2.mT @ a2).mT
+            else:
+                grad_b = unbroadcast(a2.mT @ g2, b2.data.shape)
+            grad_b = grad_b.reshape(b.data.shape)
         return grad_a, grad_b
+
+
+def _is_transposed_matrix(array) -> bool:
+    return array.ndim == 2 and array.flags.f_contiguous and not array.flags.c_contiguous
 
 
 class Maximum(Function):

@@ -678,15 +678,20 @@ def _topological_order(roots: list[Tensor]) -> list[Tensor]:
     order: list[Tensor] = []
     visited: set[int] = set()
     for root in roots:
-        if root._ctx is None or id(root) in visited:
+        if root._ctx is None:
             continue
-        visited.add(id(root))
         stack = [(root, False)]
         while stack:
             tensor, children_done = stack.pop()
-            if children_done:
+            if children_done:  # everything it consumes is already in `order`
                 order.append(tensor)
                 continue
+            # Mark on expansion, not on push: a tensor pushed early may be reached again
+            # through a consumer that must come first; expanding it once, at its deepest
+            # point, is what makes the post-order valid.
+            if id(tensor) in visited:
+                continue
+            visited.add(id(tensor))
             ctx = tensor._ctx
             if ctx.released:
                 raise RuntimeError("trying to backward through the graph a second time: its saved "
@@ -695,7 +700,6 @@ def _topological_order(roots: list[Tensor]) -> list[Tensor]:
             stack.append((tensor, True))
             for parent in ctx.inputs:
                 if parent._ctx is not None and parent._requires_grad and id(parent) not in visited:
-                    visited.add(id(parent))
                     stack.append((parent, False))
     order.reverse()  # roots first: every consumer before what it consumes
     return order
@@ -713,6 +717,11 @@ def _as_grad_tensor(grad, like: Tensor) -> Tensor:
     return grad
 
 
+def _owner(array):
+    """The array that owns ``array``'s memory (NumPy and CuPy keep ``base`` flattened)."""
+    return array if array.base is None else array.base
+
+
 def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: bool, create_graph: bool,
                  inputs: list[Tensor] | None = None) -> list | None:
     """The engine behind ``Tensor.backward`` and ``autograd.grad``.
@@ -728,10 +737,12 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
     order = _topological_order(outputs)
     wanted = {id(t): i for i, t in enumerate(inputs)} if inputs is not None else None
     captured: list = [None] * len(inputs) if inputs is not None else None
-    # Arrays already stored in some leaf's .grad during this pass: a second leaf that
-    # receives the same array (e.g. both sides of `a + b`) gets a copy, so that later
-    # in-place updates of one .grad (clipping, accumulation) cannot change the other.
-    handed_out: set[int] = set()
+    # Memory already handed to some leaf's .grad in this pass (by the id of the array
+    # that owns it): a second leaf that would receive the same memory (both sides of
+    # `a + b`, or a reshaped view of one grad) gets a copy, so that a later in-place
+    # update of one .grad (clipping, accumulation) cannot change the other. The
+    # caller's own grad arrays count as handed out: .grad must never alias them.
+    handed_out: set[int] = {id(_owner(g.data)) for g in grads.values()}
 
     def deliver(tensor: Tensor, g) -> None:
         if isinstance(g, SparseRowGrad):  # Embedding(sparse=True): only touched rows
@@ -752,12 +763,14 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                 captured[index] = g if captured[index] is None else captured[index] + g
             return
         if tensor.grad is None:
+            if create_graph:  # a graph-carrying grad is never updated in place
+                tensor.grad = g
+                return
             array = g.data
-            if (not create_graph) and (array.base is not None or not array.flags.writeable
-                                       or id(array) in handed_out):
-                array = array.copy()
-            handed_out.add(id(array))
-            tensor.grad = g if create_graph else Tensor._make(array, tensor._device)
+            if not array.flags.writeable or id(_owner(array)) in handed_out:
+                array = array.copy()  # read-only broadcast view, or memory another leaf holds
+            handed_out.add(id(_owner(array)))
+            tensor.grad = Tensor._make(array, tensor._device)
         elif create_graph:
             tensor.grad = tensor.grad + g
         else:

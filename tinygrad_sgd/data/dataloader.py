@@ -1,0 +1,255 @@
+"""DataLoader: cuts a dataset into shuffled mini-batches of Tensors.
+
+The three regimes of gradient descent are one argument apart::
+
+    DataLoader(ds, batch_size=1, shuffle=True)          # stochastic gradient descent
+    DataLoader(ds, batch_size=32, shuffle=True)         # mini-batch SGD
+    DataLoader(ds, batch_size=None)                     # full-batch gradient descent
+
+How an epoch is made: the sampler returns the epoch's whole index order as one int64
+array (a fresh permutation per epoch by default); batch ``b`` is the slice
+``order[b*B:(b+1)*B]``; the dataset's ``gather`` takes those rows with one fancy-index
+per stored array; the arrays are wrapped as Tensors with no further copy and moved to
+the loader's device. No Python code runs per sample for array-backed datasets.
+
+Position and resuming. The loader counts epochs itself: a pass that hands out an
+epoch's last batch moves it to the next epoch, whose order is a new permutation
+computed from ``(seed, epoch)``. ``state_dict()`` is ``{"seed", "epoch",
+"batch_index", "num_samples"}`` (plain ints) where ``batch_index`` is the next batch to
+hand out; after ``load_state_dict`` the next ``for`` loop starts at exactly that batch of
+exactly that permutation, in this process or another one. A loop left early with
+``break`` (or a peek with ``next(iter(loader))``) does not finish the epoch: the next
+``for`` loop starts the same epoch from its first batch, as a new iterator does in
+PyTorch; ``load_state_dict(state_dict())`` continues it instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..tensor import Tensor
+from ._checks import check_int, check_seed, resolve_seed
+from .batch_schedule import BatchSizeSchedule
+from .dataset import gather
+from .sampler import RandomSampler, Sampler, SequentialSampler
+
+_DEFAULT_BATCH_SIZE = 1
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return str(_DEFAULT_BATCH_SIZE)
+
+
+_UNSET = _Unset()  # lets batch_size_schedule= tell "batch_size not given" from batch_size=1
+
+
+class DataLoader:
+    """Mini-batches of ``dataset`` as tuples of Tensors.
+
+    Arguments (PyTorch's names):
+
+    batch_size
+        Samples per batch: 1 is pure SGD, ``len(dataset)`` or ``None`` full-batch GD.
+        (PyTorch's ``batch_size=None`` means "no batching"; here it means one batch of
+        the whole epoch.) The last batch is smaller unless ``drop_last``.
+    shuffle
+        A fresh random permutation every epoch (sampling without replacement);
+        ``replacement=True`` draws each index uniformly with replacement instead.
+    seed
+        Base seed of the shuffles: epoch ``e`` uses ``numpy.random.default_rng([seed,
+        e])``. ``None`` draws one from the engine's generator at construction, so
+        ``tg.manual_seed`` fixes it.
+    sampler
+        A :class:`~tinygrad_sgd.data.Sampler` choosing the indices instead (weighted,
+        distributed, ...); excludes ``shuffle``, ``replacement`` and ``seed``, which
+        belong to the sampler then.
+    batch_size_schedule
+        A :class:`~tinygrad_sgd.data.BatchSizeSchedule`; each epoch takes its batch size
+        from it, and ``lr_scale()`` gives the matching linear learning-rate factor.
+    device
+        Where batches go (default: the engine's default device). Gathering happens where
+        the data lives; batches are then copied over.
+
+    Batches are tuples of Tensors when the dataset's samples are tuples (a
+    ``TensorDataset(X, y)`` gives ``(xb, yb)``), else single Tensors. Dtypes are the
+    stored ones: float64 data stays float64, int64 labels stay int64.
+    """
+
+    def __init__(self, dataset, batch_size=_UNSET, shuffle: bool = False, drop_last: bool = False,
+                 seed: int | None = None, sampler: Sampler | None = None,
+                 batch_size_schedule: BatchSizeSchedule | None = None, device=None, *,
+                 replacement: bool = False):
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise TypeError(f"DataLoader: dataset must have len() and indexing, got {type(dataset).__name__}") from None
+        if n == 0:
+            raise ValueError("DataLoader: the dataset is empty (0 samples)")
+        for name, flag in (("shuffle", shuffle), ("drop_last", drop_last), ("replacement", replacement)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"DataLoader: {name} must be a bool, got {flag!r}")
+        if batch_size_schedule is not None:
+            if not isinstance(batch_size_schedule, BatchSizeSchedule):
+                raise TypeError("DataLoader: batch_size_schedule must be a BatchSizeSchedule, got "
+                                f"{type(batch_size_schedule).__name__}")
+            if batch_size is not _UNSET:
+                raise ValueError("DataLoader: give batch_size or batch_size_schedule, not both")
+            fixed_batch_size = None
+        else:
+            batch_size = _DEFAULT_BATCH_SIZE if batch_size is _UNSET else batch_size
+            fixed_batch_size = None if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
+        if sampler is not None:
+            if not isinstance(sampler, Sampler):
+                raise TypeError(f"DataLoader: sampler must be a tg.data.Sampler, got {type(sampler).__name__}")
+            if shuffle or replacement:
+                raise ValueError("DataLoader: sampler= excludes shuffle=/replacement= (the sampler decides the order)")
+            if seed is not None:
+                raise ValueError("DataLoader: sampler= excludes seed=; seed the sampler itself")
+            sampler_n = getattr(sampler, "n", getattr(sampler, "num_samples", n))
+            if isinstance(sampler, SequentialSampler) or hasattr(sampler, "n"):
+                if sampler_n != n and not isinstance(sampler, SequentialSampler):
+                    raise ValueError(f"DataLoader: the sampler was built for {sampler_n} samples but the dataset "
+                                     f"has {n}")
+        elif shuffle or replacement:
+            sampler = RandomSampler(n, replacement=bool(replacement), seed=resolve_seed(seed))
+        else:
+            check_seed(seed)
+            sampler = SequentialSampler(n)
+        self.dataset = dataset
+        self.sampler = sampler
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.batch_size_schedule = batch_size_schedule
+        self._fixed_batch_size = fixed_batch_size
+        self.device = backend.parse_device(device)
+        self._epoch = 0            # the epoch the next fresh iteration runs
+        self._start_batch = 0      # where that iteration starts (set by load_state_dict)
+        self._position = (0, 0)    # (epoch, next batch) of the latest iteration
+        self._num_batches(0)       # reject a configuration that yields no batch, now
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def seed(self) -> int | None:
+        """The sampler's base seed (None for a sequential order)."""
+        return self.sampler.seed
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch belongs to."""
+        return self._position[0]
+
+    def batch_size_at(self, epoch: int) -> int:
+        """The batch size used in ``epoch`` (the whole epoch for ``batch_size=None``)."""
+        if self.batch_size_schedule is not None:
+            return self.batch_size_schedule.batch_size(epoch)
+        return self._fixed_batch_size if self._fixed_batch_size is not None else len(self.sampler)
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size of the current epoch."""
+        return self.batch_size_at(self.epoch)
+
+    def _num_batches(self, epoch: int) -> int:
+        samples, size = len(self.sampler), self.batch_size_at(epoch)
+        count = samples // size if self.drop_last else -(-samples // size)
+        if count == 0:
+            raise ValueError(f"DataLoader: batch_size={size} with drop_last=True and {samples} samples per epoch "
+                             f"gives no batch in epoch {epoch}")
+        return count
+
+    def __len__(self) -> int:
+        """Number of batches in the current epoch."""
+        return self._num_batches(self.epoch)
+
+    def lr_scale(self, epoch: int | None = None) -> float:
+        """The linear-scaling learning-rate factor for ``epoch`` (default: the current one):
+        ``batch_size(epoch) / base_batch_size`` of the schedule, 1.0 without a schedule."""
+        if self.batch_size_schedule is None:
+            return 1.0
+        return self.batch_size_schedule.lr_scale(self.epoch if epoch is None else check_int(epoch, "epoch", minimum=0))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start the next iteration at the first batch of ``epoch`` (like
+        ``DistributedSampler.set_epoch``; needed only to jump, as epochs advance by
+        themselves)."""
+        epoch = check_int(epoch, "epoch", minimum=0)
+        self._num_batches(epoch)
+        self._epoch, self._start_batch, self._position = epoch, 0, (epoch, 0)
+        self.sampler.set_epoch(epoch)
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self):
+        epoch, start = self._epoch, self._start_batch
+        self._start_batch = 0
+        self.sampler.set_epoch(epoch)
+        size = self.batch_size_at(epoch)
+        count = self._num_batches(epoch)
+        order = self.sampler.indices(epoch)
+        self._position = (epoch, start)
+        return self._batches(order, epoch, start, count, size)
+
+    def _batches(self, order, epoch, start, count, size):
+        dataset, device = self.dataset, self.device
+        for b in range(start, count):
+            batch = gather(dataset, order[b * size:(b + 1) * size])
+            if b + 1 == count:
+                # The epoch's last batch is handed out: the epoch is done. Advancing here
+                # (not after the consumer asks for one more) makes a checkpoint taken now
+                # say "epoch + 1, batch 0" instead of an empty rest of this epoch.
+                self._epoch = epoch + 1
+                self._position = (epoch + 1, 0)
+            else:
+                self._position = (epoch, b + 1)
+            yield _to_tensors(batch, device)
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        """Where the loader stands: ``{"seed", "epoch", "batch_index", "num_samples"}``.
+
+        ``batch_index`` is the next batch to hand out within ``epoch``; ``num_samples``
+        (samples per epoch) lets ``load_state_dict`` refuse a different dataset.
+        """
+        epoch, batch_index = self._position
+        return {"seed": self.seed, "epoch": epoch, "batch_index": batch_index, "num_samples": len(self.sampler)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``: the next iteration yields exactly the batches an
+        uninterrupted run would have yielded from that point on."""
+        if not isinstance(state, dict):
+            raise TypeError(f"load_state_dict expects a dict, got {type(state).__name__}")
+        missing = {"seed", "epoch", "batch_index", "num_samples"} - set(state)
+        if missing:
+            raise KeyError(f"DataLoader.load_state_dict: missing keys {sorted(missing)}")
+        epoch = check_int(state["epoch"], "epoch", minimum=0)
+        batch_index = check_int(state["batch_index"], "batch_index", minimum=0)
+        seed = check_seed(state["seed"])
+        if state["num_samples"] != len(self.sampler):
+            raise ValueError(f"DataLoader.load_state_dict: the state is for {state['num_samples']} samples per epoch, "
+                             f"this loader has {len(self.sampler)}")
+        if (seed is None) != (self.sampler.seed is None):
+            raise ValueError("DataLoader.load_state_dict: the state is from a "
+                             f"{'sequential' if seed is None else 'shuffling'} loader, this one "
+                             f"{'shuffles' if seed is None else 'is sequential'}")
+        count = self._num_batches(epoch)
+        if batch_index >= count:
+            raise ValueError(f"DataLoader.load_state_dict: batch_index={batch_index} but epoch {epoch} has "
+                             f"{count} batches")
+        # All checks passed: now change state.
+        self.sampler.seed = seed
+        self.sampler.set_epoch(epoch)
+        self._epoch, self._start_batch, self._position = epoch, batch_index, (epoch, batch_index)
+
+    def __repr__(self) -> str:
+        size = ("schedule=" + repr(self.batch_size_schedule) if self.batch_size_schedule is not None
+                else f"batch_size={self._fixed_batch_size}")
+        return (f"DataLoader({type(self.dataset).__name__} of {len(self.dataset)}, {size}, "
+                f"sampler={self.sampler!r}, drop_last={self.drop_last}, device='{self.device}')")
+
+
+def _to_tensors(batch, device: str):
+    """Wrap gathered arrays as Tensors on ``device`` (no copy when already there)."""
+    if isinstance(batch, tuple):
+        return tuple(Tensor._make(backend.to_device(a, device), device) for a in batch)
+    return Tensor._make(backend.to_device(batch, device), device)
