@@ -587,7 +587,8 @@ def _as_tensor(value, like: Tensor) -> Tensor:
     """Turn a Python scalar or array operand into a constant tensor next to ``like``.
 
     A Python float keeps a float tensor's dtype (``x * 0.5`` stays float32, as in torch
-    and NumPy 2); a float scalar with an integer tensor gives float32.
+    and NumPy 2). An integer tensor times a float scalar follows NumPy's promotion
+    (int64 with a float gives float64; torch would give float32).
     """
     if isinstance(value, Tensor):
         return value
