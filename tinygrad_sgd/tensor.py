@@ -641,13 +641,15 @@ class Function:
             raise ValueError(f"{cls.__name__}: invalid input shapes {shapes}: {error}") from None
         if isinstance(out, np.generic):  # NumPy returns scalars from 0-d ops
             out = np.asarray(out)
-        requires_grad = _grad_enabled and any(t._requires_grad for t in inputs)
-        result = Tensor._make(out, device, requires_grad)
-        if requires_grad:
-            fn.inputs = inputs
-            fn.needs_input_grad = tuple(t._requires_grad for t in inputs)
-            fn._output_ref = weakref.ref(result)
-            result._ctx = fn
+        result = Tensor._make(out, device)
+        if _grad_enabled:
+            needs_input_grad = tuple([t._requires_grad for t in inputs])
+            if True in needs_input_grad:  # record the op only when a gradient can flow
+                fn.inputs = inputs
+                fn.needs_input_grad = needs_input_grad
+                fn._output_ref = weakref.ref(result)
+                result._requires_grad = True
+                result._ctx = fn
         return result
 
     @property
