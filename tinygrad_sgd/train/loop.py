@@ -1,0 +1,370 @@
+"""The training loop: mini-batch SGD in one function you can read top to bottom.
+
+    for epoch in range(epochs):
+        for xb, yb in train_loader:                  # one mini-batch
+            loss = loss_fn(model(xb), yb)             # forward
+            loss.backward()                          # gradients add into p.grad
+            if k micro-batches are in:               # gradient accumulation
+                average the k gradients, clip them
+                optimizer.step(); optimizer.zero_grad()
+                scheduler.step()                     # per-step schedules
+        evaluate on val_loader; scheduler.step()     # per-epoch schedules
+
+Everything else in :func:`fit` is bookkeeping around those lines: the history, a guard
+that stops on a NaN/Inf before it reaches the weights, callbacks (early stopping),
+progress bars, and checkpoints that let an interrupted run resume bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from .. import backend, rng
+from ..sparse import SparseRowGrad
+from ..tensor import no_grad
+from . import metrics as metric_fns
+from .checkpoint import load_checkpoint, save_checkpoint
+from .history import History
+
+CLASSIFICATION_METRICS = {
+    "accuracy": metric_fns.accuracy,
+    "precision": metric_fns.precision,
+    "recall": metric_fns.recall,
+    "f1": metric_fns.f1_score,
+}
+REGRESSION_METRICS = {"mse": metric_fns.mean_squared_error, "mae": metric_fns.mean_absolute_error}
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN/Inf loss or gradient. The parameters still hold the last
+    good values (the bad step was not applied); ``history`` has the run up to it."""
+
+    def __init__(self, message: str, *, epoch: int, step: int, history: History):
+        super().__init__(message)
+        self.epoch, self.step, self.history = epoch, step, history
+
+
+class TrainState:
+    """What callbacks see: the objects being trained and where the run stands."""
+
+    def __init__(self, model, optimizer, history: History):
+        self.model, self.optimizer, self.history = model, optimizer, history
+        self.epoch = 0  # the epoch in progress (0-based)
+        self.step = 0  # optimizer steps taken so far
+        self.stop = False  # a callback sets this to end training after the current epoch
+        self.stop_reason = ""
+
+
+class Callback:
+    """Hooks into :func:`fit`. Override the ones you need; each gets the TrainState."""
+
+    def on_train_begin(self, state: TrainState) -> None:
+        pass
+
+    def on_step_end(self, state: TrainState) -> None:
+        pass
+
+    def on_epoch_end(self, state: TrainState, record: dict) -> None:
+        pass
+
+    def on_train_end(self, state: TrainState) -> None:
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    With ``restore_best=True`` the model gets the weights of its best epoch back at the
+    end (a copy of ``model.state_dict()`` is kept whenever the metric improves).
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, mode: str = "min",
+                 restore_best: bool = True):
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {mode!r}")
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be a non-negative int, got {patience!r}")
+        if min_delta < 0:
+            raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {min_delta}")
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
+        self.restore_best = restore_best
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch = None
+        self.best_state = None
+        self.bad_epochs = 0
+
+    def on_epoch_end(self, state: TrainState, record: dict) -> None:
+        if record.get(self.monitor) is None:
+            raise KeyError(f"EarlyStopping monitors {self.monitor!r} but the epoch record has only {sorted(record)}")
+        value = record[self.monitor]
+        improved = value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, record["epoch"], 0
+            if self.restore_best:
+                self.best_state = {k: np.array(v, copy=True) for k, v in state.model.state_dict().items()}
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            state.stop = True
+            state.stop_reason = (f"early stopping: {self.monitor} did not improve for {self.bad_epochs} epochs "
+                                 f"(best {self.best:.6g} at epoch {self.best_epoch})")
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.restore_best and self.best_state is not None and state.stop:
+            state.model.load_state_dict(self.best_state)
+
+
+def _predictions_and_loss(model, loss_fn, xb, yb):
+    output = model(xb)
+    return output, loss_fn(output, yb)
+
+
+def evaluate(model, loader, loss_fn=None, metrics=("accuracy",)) -> dict:
+    """Loss (sample-weighted mean over batches) and metrics of ``model`` on ``loader``,
+    in eval mode and without recording a graph. The loader's position is left as it was."""
+    unknown = [m for m in metrics if m not in CLASSIFICATION_METRICS and m not in REGRESSION_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {sorted({**CLASSIFICATION_METRICS, **REGRESSION_METRICS})}")
+    was_training = model.training
+    model.eval()
+    saved_position = loader.state_dict() if hasattr(loader, "state_dict") else None
+    total_loss, count, outputs, targets = 0.0, 0, [], []
+    try:
+        with no_grad():
+            for xb, yb in loader:
+                output = model(xb)
+                n = output.shape[0]
+                if loss_fn is not None:
+                    total_loss += float(loss_fn(output, yb).item()) * n
+                count += n
+                outputs.append(backend.to_numpy(output.data))
+                targets.append(backend.to_numpy(yb.data))
+    finally:
+        model.train(was_training)
+        if saved_position is not None:
+            loader.load_state_dict(saved_position)
+    result = {}
+    if loss_fn is not None:
+        result["loss"] = total_loss / count
+    if metrics:
+        output, target = np.concatenate(outputs), np.concatenate(targets)
+        for name in metrics:
+            fn = CLASSIFICATION_METRICS.get(name) or REGRESSION_METRICS[name]
+            result[name] = fn(output, target)
+    return result
+
+
+def _grads(params) -> list:
+    return [p.grad for p in params if p.grad is not None]
+
+
+def _scale_grads_(params, factor: float) -> None:
+    for g in _grads(params):
+        if isinstance(g, SparseRowGrad):
+            g.values *= factor
+        else:
+            g.data *= factor
+
+
+def _global_grad_norm(params) -> float:
+    """sqrt(sum of squared gradient entries) over all parameters, in float64."""
+    total = 0.0
+    for g in _grads(params):
+        values = g.coalesce().values if isinstance(g, SparseRowGrad) else g.data
+        total += float((values.astype(np.float64, copy=False) ** 2).sum()) if values.dtype != np.float64 \
+            else float((values * values).sum())
+    return math.sqrt(total)
+
+
+def _progress_bar(iterable, total: int, description: str, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars are a nicety, never a reason to fail
+        return iterable
+    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None, scheduler=None,
+        scheduler_interval: str = "epoch", accumulation_steps: int = 1, clip_grad_norm: float | None = None,
+        callbacks=(), progress: bool = True, metrics=("accuracy",), scale_lr_with_batch_size: bool = False,
+        checkpoint_path=None, checkpoint_every: int | None = None, resume_from=None, log=print) -> History:
+    """Train ``model`` with mini-batch SGD; return the :class:`History`.
+
+    ``scheduler_interval``: ``"epoch"`` steps the scheduler after every epoch (StepLR,
+    CosineAnnealingLR over epochs), ``"step"`` after every optimizer step (OneCycleLR,
+    CyclicLR, warm-up); ReduceLROnPlateau is stepped per epoch with the validation loss
+    (the training loss without a validation set).
+
+    ``accumulation_steps=k`` sums the gradients of k loader batches and steps once with
+    their average, so k micro-batches of size B/k give the update of one batch of B.
+
+    ``clip_grad_norm``: rescale the (averaged) gradient to at most this global L2 norm.
+
+    ``scale_lr_with_batch_size``: with a loader that has a batch-size schedule, multiply
+    the learning rate by ``loader.lr_scale(epoch)`` (the linear scaling rule, Goyal et
+    al. 2017) as the batch size changes from epoch to epoch.
+
+    ``checkpoint_path``: save a checkpoint there after every epoch, and every
+    ``checkpoint_every`` optimizer steps. ``resume_from``: continue a run from such a
+    checkpoint; the result is bit-for-bit the run that was never interrupted (on the CPU).
+
+    A NaN or Inf loss or gradient raises :class:`NonFiniteError` naming the epoch and step,
+    before the optimizer applies it.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be a positive int, got {accumulation_steps!r}")
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ValueError(f"clip_grad_norm must be > 0, got {clip_grad_norm!r}")
+    if scheduler_interval not in ("epoch", "step"):
+        raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if checkpoint_every is not None and checkpoint_path is None:
+        raise ValueError("checkpoint_every needs checkpoint_path")
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise TypeError(f"callbacks must be tg.train.Callback instances, got {type(callback).__name__}")
+    plateau = scheduler is not None and type(scheduler).__name__ == "ReduceLROnPlateau"
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    history = History()
+    state = TrainState(model, optimizer, history)
+    # Running sums of the epoch in progress (checkpointed, so a resumed epoch reports
+    # the same numbers as an uninterrupted one).
+    epoch_sums = {"loss": 0.0, "correct": 0, "samples": 0, "time": 0.0}
+    lr_scale = 1.0
+    if resume_from is not None:
+        saved = load_checkpoint(resume_from)
+        _restore(saved, model, optimizer, scheduler, train_loader, history, state)
+        epoch_sums, lr_scale = dict(saved["loop"]["epoch_sums"]), saved["loop"]["lr_scale"]
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "loader": train_loader.state_dict(), "rng": rng.get_rng_state(), "history": history.state_dict(),
+            "loop": {"step": state.step, "epoch_sums": dict(epoch_sums), "lr_scale": lr_scale},
+        })
+
+    for callback in callbacks:
+        callback.on_train_begin(state)
+    model.train()
+    while train_loader.epoch < epochs and not state.stop:
+        epoch = state.epoch = train_loader.epoch
+        if scale_lr_with_batch_size:  # the linear scaling rule follows the batch size
+            factor = train_loader.lr_scale(epoch) / lr_scale
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+            lr_scale *= factor
+        started = time.perf_counter()
+        in_group = 0  # micro-batches accumulated since the last optimizer step
+        batches = _progress_bar(train_loader, len(train_loader), f"epoch {epoch + 1}/{epochs}", progress)
+        for xb, yb in batches:
+            output, loss = _predictions_and_loss(model, loss_fn, xb, yb)
+            loss_value = float(loss.item())
+            if not math.isfinite(loss_value):
+                optimizer.zero_grad()
+                raise NonFiniteError(f"non-finite loss {loss_value} at epoch {epoch}, step {state.step + 1}; "
+                                     "the parameters keep their last finite values", epoch=epoch,
+                                     step=state.step + 1, history=history)
+            loss.backward()
+            in_group += 1
+            n = xb.shape[0]
+            epoch_sums["loss"] += loss_value * n
+            epoch_sums["samples"] += n
+            if output.ndim == 2 and yb.dtype.kind in "iu":
+                epoch_sums["correct"] += int((output.data.argmax(axis=1) == yb.data).sum())
+            group_done = in_group == accumulation_steps or train_loader.epoch != epoch
+            if not group_done:
+                continue
+            # ---- one optimizer step on the average of the group's gradients
+            if in_group > 1:
+                _scale_grads_(params, 1.0 / in_group)
+            grad_norm = _global_grad_norm(params)
+            if not math.isfinite(grad_norm):
+                optimizer.zero_grad()
+                raise NonFiniteError(f"non-finite gradient norm {grad_norm} at epoch {epoch}, step "
+                                     f"{state.step + 1}; the parameters keep their last finite values",
+                                     epoch=epoch, step=state.step + 1, history=history)
+            if clip_grad_norm is not None and grad_norm > clip_grad_norm:
+                _scale_grads_(params, clip_grad_norm / (grad_norm + 1e-6))  # torch's clip_grad_norm_ rule
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            optimizer.zero_grad()
+            state.step += 1
+            history.log_step(epoch=epoch, step=state.step, loss=loss_value, lr=lr, batch_size=n * in_group,
+                             grad_norm=grad_norm)
+            in_group = 0
+            if scheduler is not None and scheduler_interval == "step" and not plateau:
+                scheduler.step()
+            for callback in callbacks:
+                callback.on_step_end(state)
+            if checkpoint_every is not None and state.step % checkpoint_every == 0:
+                epoch_sums["time"] += time.perf_counter() - started
+                started = time.perf_counter()
+                checkpoint()
+        # ---- end of epoch: evaluate, schedule, record
+        elapsed = epoch_sums["time"] + time.perf_counter() - started
+        record = {"epoch": epoch, "step": state.step, "train_loss": epoch_sums["loss"] / epoch_sums["samples"]}
+        if "accuracy" in metrics and epoch_sums["correct"]:
+            record["train_accuracy"] = epoch_sums["correct"] / epoch_sums["samples"]
+        if val_loader is not None:
+            for name, value in evaluate(model, val_loader, loss_fn, metrics).items():
+                record[f"val_{name}"] = value
+        record["lr"] = optimizer.param_groups[0]["lr"]
+        record["time_s"] = elapsed
+        record["samples_per_s"] = epoch_sums["samples"] / elapsed if elapsed > 0 else float("nan")
+        if scheduler is not None:
+            if plateau:
+                scheduler.step(record.get("val_loss", record["train_loss"]))
+            elif scheduler_interval == "epoch":
+                scheduler.step()
+        history.log_epoch(record)
+        epoch_sums = {"loss": 0.0, "correct": 0, "samples": 0, "time": 0.0}
+        for callback in callbacks:
+            callback.on_epoch_end(state, record)
+        if log is not None and progress:
+            log(_epoch_line(record, epochs))
+        if checkpoint_path is not None:
+            checkpoint()
+    if state.stop and log is not None and progress:
+        log(state.stop_reason)
+    for callback in callbacks:
+        callback.on_train_end(state)
+    return history
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"train_loss {record['train_loss']:.4f}"]
+    for key in ("train_accuracy", "val_loss", "val_accuracy", "val_mse"):
+        if key in record:
+            parts.append(f"{key} {record[key]:.4f}")
+    parts.append(f"lr {record['lr']:.4g}")
+    parts.append(f"{record['samples_per_s']:.0f} samples/s")
+    return "  ".join(parts)
+
+
+def _restore(saved: dict, model, optimizer, scheduler, loader, history: History, state: TrainState) -> None:
+    """Load every piece of a checkpoint; each load validates before it changes state."""
+    for key in ("model", "optimizer", "loader", "rng", "history", "loop"):
+        if key not in saved:
+            raise KeyError(f"checkpoint lacks {key!r}: not written by tg.train.fit")
+    if (saved["scheduler"] is None) != (scheduler is None):
+        raise ValueError("the checkpoint was written " + ("without" if saved["scheduler"] is None else "with")
+                         + " a scheduler, but this run " + ("has one" if scheduler is not None else "has none"))
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    loader.load_state_dict(saved["loader"])
+    rng.set_rng_state(saved["rng"])
+    history.load_state_dict(saved["history"])
+    state.step = saved["loop"]["step"]
+
