@@ -60,7 +60,7 @@ class DataLoader:
     seed
         Base seed of the shuffles: epoch ``e`` uses ``numpy.random.default_rng([seed,
         e])``. ``None`` draws one from the engine's generator at construction, so
-        ``tg.manual_seed`` fixes it.
+        ``tg.manual_seed`` fixes it. Unused (and nothing drawn) without shuffling.
     sampler
         A :class:`~tinygrad_sgd.data.Sampler` choosing the indices instead (weighted,
         distributed, ...); excludes ``shuffle``, ``replacement`` and ``seed``, which
@@ -107,15 +107,19 @@ class DataLoader:
                 raise ValueError("DataLoader: sampler= excludes shuffle=/replacement= (the sampler decides the order)")
             if seed is not None:
                 raise ValueError("DataLoader: sampler= excludes seed=; seed the sampler itself")
-            sampler_n = getattr(sampler, "n", getattr(sampler, "num_samples", n))
-            if isinstance(sampler, SequentialSampler) or hasattr(sampler, "n"):
-                if sampler_n != n and not isinstance(sampler, SequentialSampler):
-                    raise ValueError(f"DataLoader: the sampler was built for {sampler_n} samples but the dataset "
-                                     f"has {n}")
-        elif shuffle or replacement:
+            if sampler.data_size is not None and sampler.data_size != n:
+                raise ValueError(f"DataLoader: the sampler indexes {sampler.data_size} samples but the dataset "
+                                 f"has {n}")
+        check_seed(seed)
+        device = backend.parse_device(device)
+        samples = len(sampler) if sampler is not None else n
+        first_size = (batch_size_schedule.batch_size(0) if batch_size_schedule is not None
+                      else fixed_batch_size or samples)
+        _batch_count(samples, first_size, drop_last, 0)  # reject a loader with no batch, now
+        # Every check has passed: only now draw from the global generator (seed=None).
+        if sampler is None and (shuffle or replacement):
             sampler = RandomSampler(n, replacement=bool(replacement), seed=resolve_seed(seed))
-        else:
-            check_seed(seed)
+        elif sampler is None:
             sampler = SequentialSampler(n)
         self.dataset = dataset
         self.sampler = sampler
@@ -123,11 +127,10 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.batch_size_schedule = batch_size_schedule
         self._fixed_batch_size = fixed_batch_size
-        self.device = backend.parse_device(device)
+        self.device = device
         self._epoch = 0            # the epoch the next fresh iteration runs
         self._start_batch = 0      # where that iteration starts (set by load_state_dict)
         self._position = (0, 0)    # (epoch, next batch) of the latest iteration
-        self._num_batches(0)       # reject a configuration that yields no batch, now
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -152,12 +155,7 @@ class DataLoader:
         return self.batch_size_at(self.epoch)
 
     def _num_batches(self, epoch: int) -> int:
-        samples, size = len(self.sampler), self.batch_size_at(epoch)
-        count = samples // size if self.drop_last else -(-samples // size)
-        if count == 0:
-            raise ValueError(f"DataLoader: batch_size={size} with drop_last=True and {samples} samples per epoch "
-                             f"gives no batch in epoch {epoch}")
-        return count
+        return _batch_count(len(self.sampler), self.batch_size_at(epoch), self.drop_last, epoch)
 
     def __len__(self) -> int:
         """Number of batches in the current epoch."""
@@ -246,6 +244,14 @@ class DataLoader:
                 else f"batch_size={self._fixed_batch_size}")
         return (f"DataLoader({type(self.dataset).__name__} of {len(self.dataset)}, {size}, "
                 f"sampler={self.sampler!r}, drop_last={self.drop_last}, device='{self.device}')")
+
+
+def _batch_count(samples: int, size: int, drop_last: bool, epoch: int) -> int:
+    count = samples // size if drop_last else -(-samples // size)
+    if count == 0:
+        raise ValueError(f"DataLoader: batch_size={size} with drop_last=True and {samples} samples per epoch "
+                         f"gives no batch in epoch {epoch}")
+    return count
 
 
 def _to_tensors(batch, device: str):

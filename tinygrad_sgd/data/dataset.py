@@ -35,7 +35,12 @@ class Dataset:
         raise NotImplementedError
 
     def gather(self, indices: np.ndarray):
-        return default_collate([self[int(i)] for i in indices])
+        return _gather_by_item(self, indices)
+
+
+def _gather_by_item(dataset, indices: np.ndarray):
+    """The generic batch: ``dataset[i]`` for each index, then :func:`default_collate`."""
+    return default_collate([dataset[i] for i in indices.tolist()])
 
 
 def _field_array(value):
@@ -83,15 +88,16 @@ def _as_stored_array(value, position: int):
     converted like ``Tensor(...)`` converts them (float -> float32, ints stay int64)."""
     if isinstance(value, Tensor):
         return value.data
-    if backend.is_array(value):
-        return value
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError) as error:
-        raise TypeError(f"TensorDataset: argument {position} cannot be converted to an array: {error}") from None
-    if array.dtype.kind not in "biuf":
-        raise TypeError(f"TensorDataset: argument {position} has unsupported dtype {array.dtype}")
-    return array.astype(np.float32) if array.dtype.kind == "f" else array
+    converted = not backend.is_array(value)
+    if converted:
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError) as error:
+            raise TypeError(f"TensorDataset: argument {position} cannot be converted to an array: {error}") from None
+    if value.dtype.kind not in "biuf":
+        raise TypeError(f"TensorDataset: argument {position} has unsupported dtype {value.dtype} "
+                        "(bool, integer or floating-point data only)")
+    return value.astype(np.float32) if converted and value.dtype.kind == "f" else value
 
 
 class TensorDataset(Dataset):
@@ -153,7 +159,8 @@ def _index_array(indices, length: int, what: str) -> np.ndarray:
     if array.size == 0:
         array = array.astype(np.int64)
     if array.ndim != 1 or array.dtype.kind not in "iu":
-        raise TypeError(f"{what}: indices must be a 1-D sequence of integers, got dtype {array.dtype} shape {array.shape}")
+        raise TypeError(f"{what}: indices must be a 1-D sequence of integers, got dtype {array.dtype} "
+                        f"shape {array.shape}")
     array = array.astype(np.int64, copy=False)
     if array.size and (array.min() < -length or array.max() >= length):
         bad = array[(array < -length) | (array >= length)][0]
@@ -192,7 +199,7 @@ def gather(dataset, indices: np.ndarray):
     else ``dataset[i]`` per index and :func:`default_collate` (any map-style object)."""
     if isinstance(dataset, Dataset):
         return dataset.gather(indices)
-    return default_collate([dataset[int(i)] for i in indices])
+    return _gather_by_item(dataset, indices)
 
 
 def random_split(dataset, lengths, seed: int | None = None) -> list[Subset]:

@@ -39,10 +39,12 @@ def _length_of(data_source, what: str) -> int:
 class Sampler:
     """Base class: ``indices(epoch)`` returns the epoch's int64 index array.
 
-    Subclasses set ``self.epoch`` (starts at 0) and implement ``indices`` and ``__len__``
-    (the number of indices one epoch yields). ``seed`` is None for deterministic samplers.
+    Subclasses implement ``indices`` and ``__len__`` (the number of indices one epoch
+    yields), and set ``data_size`` (the length of the dataset they index, which the
+    DataLoader checks), ``seed`` (None for deterministic samplers) and ``epoch``.
     """
 
+    data_size: int | None = None
     seed: int | None = None
     epoch: int = 0
 
@@ -64,7 +66,7 @@ class SequentialSampler(Sampler):
     """``0, 1, ..., n-1`` every epoch (evaluation, full-batch gradient descent)."""
 
     def __init__(self, data_source):
-        self.num_samples = _length_of(data_source, "SequentialSampler")
+        self.num_samples = self.data_size = _length_of(data_source, "SequentialSampler")
         self.epoch = 0
 
     def indices(self, epoch: int) -> np.ndarray:
@@ -90,7 +92,7 @@ class RandomSampler(Sampler):
 
     def __init__(self, data_source, replacement: bool = False, num_samples: int | None = None,
                  seed: int | None = None):
-        self.n = _length_of(data_source, "RandomSampler")
+        self.n = self.data_size = _length_of(data_source, "RandomSampler")
         if not isinstance(replacement, (bool, np.bool_)):
             raise TypeError(f"RandomSampler: replacement must be a bool, got {replacement!r}")
         self.replacement = bool(replacement)
@@ -149,6 +151,7 @@ class WeightedRandomSampler(Sampler):
                              f"{int(np.count_nonzero(w))} samples with non-zero weight, which is all that "
                              "can be drawn without replacement")
         self.probabilities = w / total
+        self.data_size = int(w.size)
         self.seed = resolve_seed(seed)
         self.epoch = 0
 
@@ -181,7 +184,7 @@ class DistributedSampler(Sampler):
 
     def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False):
-        self.n = _length_of(dataset, "DistributedSampler")
+        self.n = self.data_size = _length_of(dataset, "DistributedSampler")
         self.num_replicas = check_int(num_replicas, "num_replicas", minimum=1)
         self.rank = check_int(rank, "rank", minimum=0)
         if self.rank >= self.num_replicas:
