@@ -149,9 +149,9 @@ def to_device(array, device: str):
 
 def to_numpy(array) -> numpy.ndarray:
     """A NumPy array with the data of ``array`` (copied from the GPU when needed)."""
-    if isinstance(array, numpy.ndarray):
-        return array
-    return _cupy.asnumpy(array)
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return _cupy.asnumpy(array)
+    return numpy.asarray(array)  # ndarrays as they are; NumPy scalars and lists as arrays
 
 
 def index_add(target, index, values) -> None:

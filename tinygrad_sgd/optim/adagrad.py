@@ -1,0 +1,101 @@
+"""Adagrad: per-coordinate step sizes from the sum of all past squared gradients."""
+
+from __future__ import annotations
+
+from .. import backend
+from ..sparse import SparseRowGrad
+from .optimizer import Optimizer, check_fused, check_number, full_like_param
+
+
+class Adagrad(Optimizer):
+    r"""Adagrad: coordinates that have seen large gradients take small steps.
+
+    Paper: Duchi, Hazan & Singer (2011), *Adaptive Subgradient Methods for Online
+    Learning and Stochastic Optimization*, JMLR 12.
+
+    Algorithm (PyTorch's, for the same arguments; :math:`\eta` = ``lr``, :math:`\lambda`
+    = ``weight_decay``, ``t`` counts this parameter's steps from 1)::
+
+        g_t   = -g_t                              if maximize
+        g_t   = g_t + lambda * p_{t-1}            if weight_decay != 0  (coupled L2 decay)
+        eta_t = eta / (1 + (t - 1) * lr_decay)
+        S_t   = S_{t-1} + g_t^2                   sum, starting at initial_accumulator_value
+        p_t   = p_{t-1} - eta_t * g_t / (sqrt(S_t) + eps)
+
+    The accumulator only grows, so every coordinate's step size decays; coordinates of
+    rare features (rows of an embedding touched by few batches) keep larger steps, which
+    is what Adagrad was designed for. There is no momentum. **Weight decay** is coupled
+    (L2) and cannot be combined with sparse gradients.
+
+    **Sparse gradients** (``SparseRowGrad``, PyTorch's sparse Adagrad semantics): repeated
+    rows are summed first (the update is non-linear), then only those rows of ``sum``
+    and of the parameter change; every other row keeps its accumulator and value. Since
+    Adagrad has no decay of ``S``, this is *exactly* the dense update (an untouched row has
+    zero gradient and would not move; with ``eps = 0`` and a zero accumulator the dense
+    update would even compute 0/0 there).
+    """
+
+    def __init__(self, params, lr: float = 1e-2, *, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, maximize: bool = False, fused=None):
+        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize)
+        super().__init__(params, defaults, fused=fused)
+
+    def _validate_group(self, group: dict) -> None:
+        group["lr"] = check_number("lr", group["lr"])
+        group["lr_decay"] = check_number("lr_decay", group["lr_decay"])
+        group["weight_decay"] = check_number("weight_decay", group["weight_decay"])
+        group["initial_accumulator_value"] = check_number("initial_accumulator_value",
+                                                          group["initial_accumulator_value"])
+        group["eps"] = check_number("eps", group["eps"])
+        group["maximize"] = bool(group["maximize"])
+
+    def _check_sparse(self, group: dict) -> None:
+        if group["weight_decay"] != 0:
+            raise RuntimeError("Adagrad: weight_decay cannot be combined with sparse gradients (it would "
+                               "touch every row); use weight_decay=0 for Embedding(sparse=True)")
+
+    def _update_group(self, group: dict, params: list, grads: list) -> None:
+        states = []
+        for p in params:
+            state = self.state.get(p)
+            if not state:
+                state = self.state[p] = {"step": 0, "sum": full_like_param(p, group["initial_accumulator_value"])}
+            state["step"] += 1
+            states.append(state)
+        adagrad([p.data for p in params], grads, [s["sum"] for s in states], [s["step"] for s in states],
+                lr=group["lr"], lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
+                maximize=group["maximize"], fused=self.fused)
+
+
+def adagrad(params: list, grads: list, state_sums: list, steps: list, *, lr: float, lr_decay: float,
+            weight_decay: float, eps: float, maximize: bool, fused: bool | None = False) -> None:
+    """Functional Adagrad over raw arrays; the one place that chooses the implementation."""
+    check_fused(fused)
+    _single_tensor_adagrad(params, grads, state_sums, steps, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                           eps=eps, maximize=maximize)
+
+
+def _single_tensor_adagrad(params: list, grads: list, state_sums: list, steps: list, *, lr: float,
+                           lr_decay: float, weight_decay: float, eps: float, maximize: bool) -> None:
+    """The readable reference: one parameter at a time, the formula line by line."""
+    for param, grad, state_sum, step in zip(params, grads, state_sums, steps):
+        with backend.device_context(backend.device_of(param)):
+            xp = backend.get_array_module(param)
+            clr = lr / (1 + (step - 1) * lr_decay)            # eta_t = eta / (1 + (t - 1) lr_decay)
+            if isinstance(grad, SparseRowGrad):
+                grad = grad.coalesce()                        # unique rows: the update is non-linear
+                rows, values = grad.indices, grad.values
+                if maximize:
+                    values = -values
+                state_sum[rows] += values * values            # S[rows] += g^2
+                std = xp.sqrt(state_sum[rows]) + eps
+                param[rows] -= clr * (values / std)           # only the touched rows move
+                continue
+            if maximize:
+                grad = -grad
+            if weight_decay != 0:
+                grad = grad + weight_decay * param            # coupled L2 decay
+            state_sum += grad * grad                          # S = S + g^2
+            std = xp.sqrt(state_sum) + eps
+            param -= clr * (grad / std)                       # p -= eta_t g / (sqrt(S) + eps)
