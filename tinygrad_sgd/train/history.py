@@ -83,7 +83,7 @@ class History:
         axes[1].set_xlabel("optimizer step")
         axes[1].set_ylabel("learning rate")
         if accuracy_keys:
-            epochs = self.epoch_values("epoch")
+            epochs = [e + 1 for e in self.epoch_values("epoch")]  # 1-based, as the log prints them
             for key in accuracy_keys:
                 axes[2].plot(epochs, self.epoch_values(key), "o-", label=key.replace("_", " "))
             axes[2].set_xlabel("epoch")

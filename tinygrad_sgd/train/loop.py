@@ -25,6 +25,8 @@ import numpy as np
 
 from .. import backend, rng
 from ..sparse import SparseRowGrad
+from ..nn.utils import clip_grads_with_norm_, get_total_norm
+from ..optim.lr_scheduler import ReduceLROnPlateau
 from ..tensor import no_grad
 from . import metrics as metric_fns
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -158,26 +160,13 @@ def evaluate(model, loader, loss_fn=None, metrics=("accuracy",)) -> dict:
     return result
 
 
-def _grads(params) -> list:
-    return [p.grad for p in params if p.grad is not None]
-
-
 def _scale_grads_(params, factor: float) -> None:
-    for g in _grads(params):
-        if isinstance(g, SparseRowGrad):
-            g.values *= factor
-        else:
-            g.data *= factor
-
-
-def _global_grad_norm(params) -> float:
-    """sqrt(sum of squared gradient entries) over all parameters, in float64."""
-    total = 0.0
-    for g in _grads(params):
-        values = g.coalesce().values if isinstance(g, SparseRowGrad) else g.data
-        total += float((values.astype(np.float64, copy=False) ** 2).sum()) if values.dtype != np.float64 \
-            else float((values * values).sum())
-    return math.sqrt(total)
+    """Multiply every gradient by ``factor`` in place (averaging accumulated gradients)."""
+    for p in params:
+        if isinstance(p.grad, SparseRowGrad):
+            p.grad.values *= factor
+        elif p.grad is not None:
+            p.grad.data *= factor
 
 
 def _progress_bar(iterable, total: int, description: str, enabled: bool):
@@ -195,6 +184,10 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         callbacks=(), progress: bool = True, metrics=("accuracy",), scale_lr_with_batch_size: bool = False,
         checkpoint_path=None, checkpoint_every: int | None = None, resume_from=None, log=print) -> History:
     """Train ``model`` with mini-batch SGD; return the :class:`History`.
+
+    ``epochs`` is where training ends, counted by the loader: it runs until
+    ``train_loader`` has completed that many epochs (a resumed run, or a loader that has
+    already done some epochs, continues to the same total, like Keras' ``epochs``).
 
     ``scheduler_interval``: ``"epoch"`` steps the scheduler after every epoch (StepLR,
     CosineAnnealingLR over epochs), ``"step"`` after every optimizer step (OneCycleLR,
@@ -232,7 +225,7 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     for callback in callbacks:
         if not isinstance(callback, Callback):
             raise TypeError(f"callbacks must be tg.train.Callback instances, got {type(callback).__name__}")
-    plateau = scheduler is not None and type(scheduler).__name__ == "ReduceLROnPlateau"
+    plateau = isinstance(scheduler, ReduceLROnPlateau)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     history = History()
     state = TrainState(model, optimizer, history)
@@ -287,14 +280,15 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
             # ---- one optimizer step on the average of the group's gradients
             if in_group > 1:
                 _scale_grads_(params, 1.0 / in_group)
-            grad_norm = _global_grad_norm(params)
+            total_norm = get_total_norm([p.grad for p in params if p.grad is not None])
+            grad_norm = float(total_norm.item())
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad()
                 raise NonFiniteError(f"non-finite gradient norm {grad_norm} at epoch {epoch}, step "
                                      f"{state.step + 1}; the parameters keep their last finite values",
                                      epoch=epoch, step=state.step + 1, history=history)
-            if clip_grad_norm is not None and grad_norm > clip_grad_norm:
-                _scale_grads_(params, clip_grad_norm / (grad_norm + 1e-6))  # torch's clip_grad_norm_ rule
+            if clip_grad_norm is not None:
+                clip_grads_with_norm_(params, clip_grad_norm, total_norm)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             optimizer.zero_grad()
