@@ -10,10 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
 
-# The CUDA target now lives in NVIDIA's numba-cuda package (numba's built-in one is
-# deprecated). NVVM/NVRTC are pinned to 13.0: newer 13.x emit PTX a 13.0 driver rejects.
-# Keep in step with the `cudasim` extra in setup.cfg.
-"$PYTHON" -m pip install --quiet "numba-cuda==0.30.*" "nvidia-nvvm==13.0.*" "nvidia-cuda-nvrtc==13.0.*"
+# The `cudasim` extra (setup.cfg): NVIDIA's numba-cuda package (numba's built-in CUDA
+# target is deprecated) and NVVM/NVRTC pinned to 13.0 (newer 13.x emit PTX a 13.0 driver
+# rejects).
+"$PYTHON" -m pip install --quiet -e ".[cudasim]"
 
 NUMBA_ENABLE_CUDASIM=1 "$PYTHON" -m pytest tests/cudasim -p no:cacheprovider
 TINYGRAD_SGD_REQUIRE_PTX=1 "$PYTHON" -m pytest tests/test_kernels_ptx.py -p no:cacheprovider
