@@ -834,6 +834,18 @@ class _CrossEntropy(Function):
         xp = backend.get_array_module(logits)
         classes = logits.shape[1]
         logp = _log_softmax_array(logits)
+        # The common case -- (N, C) logits, no class weights, no smoothing, no ignored
+        # target -- is the textbook loss -log p[y] with gradient softmax - onehot; it gets
+        # a short path of a few array ops (this loss runs once per training step).
+        self.plain = (weight is None and label_smoothing == 0 and logits.ndim == 2
+                      and not bool((target == ignore_index).any()))
+        if self.plain:
+            self.logp, self.target, self.reduction = logp, target, reduction
+            picked = logp[xp.arange(logits.shape[0]), target]
+            self.denominator = float(logits.shape[0]) if reduction == "mean" else 1.0
+            if reduction == "none":
+                return -picked
+            return -picked.sum() / self.denominator if reduction == "mean" else -picked.sum()
         valid = target != ignore_index
         safe = xp.where(valid, target, 0)[:, None]
         picked = xp.take_along_axis(logp, safe, axis=1)[:, 0]
@@ -854,6 +866,12 @@ class _CrossEntropy(Function):
     def backward(self, grad):
         logits = self.inputs[0]
         xp = backend.get_array_module(logits.data)
+        if self.plain and not is_grad_enabled():  # dz = softmax(z) - onehot(y)
+            core = xp.exp(self.logp)
+            core[xp.arange(core.shape[0]), self.target] -= 1
+            return (constant(core, logits) * _upstream(grad, self.reduction, self.denominator),)
+        if self.plain:  # create_graph: the general formula below, with its Tensor ops
+            self._general_state(logits.data.shape[1])
         classes, e = logits.data.shape[1], self.e
         # dz = p * a - b, with a (N, 1, ...) and b (N, C, ...) fixed by the targets
         dtype = self.logp.dtype
@@ -867,6 +885,16 @@ class _CrossEntropy(Function):
         else:
             core = constant(xp.exp(self.logp) * a - b, logits)
         return (core * _upstream(grad, self.reduction, self.denominator),)
+
+
+    def _general_state(self, classes: int) -> None:
+        """What the general backward reads, for the plain case (unit weights, e = 0)."""
+        xp = backend.get_array_module(self.logp)
+        self.valid = xp.ones(self.target.shape, dtype=bool)
+        self.safe = self.target[:, None]
+        self.w_y = xp.ones(self.target.shape, dtype=self.logp.dtype)
+        self.class_w = xp.ones(classes, dtype=self.logp.dtype)
+        self.w_shape, self.e = (1, -1), 0.0
 
 
 class _SoftCrossEntropy(Function):
