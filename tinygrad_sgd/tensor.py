@@ -624,12 +624,14 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs: Tensor, **params) -> Tensor:
+        # This runs for every op, forward and backward: kept free of helper calls.
         device = inputs[0]._device
-        for other in inputs[1:]:
-            if other._device != device:
-                raise RuntimeError(f"{cls.__name__}: expected all tensors on the same device, "
-                                   f"found {device} and {other._device}")
-        fn = cls.__new__(cls)
+        if len(inputs) > 1:
+            for other in inputs:
+                if other._device != device:
+                    raise RuntimeError(f"{cls.__name__}: expected all tensors on the same device, "
+                                       f"found {device} and {other._device}")
+        fn = object.__new__(cls)
         try:
             if device == "cpu" or device == "cuda:0":
                 out = fn.forward(*[t.data for t in inputs], **params)
@@ -639,17 +641,24 @@ class Function:
         except ValueError as error:
             shapes = ", ".join(str(t.data.shape) for t in inputs)
             raise ValueError(f"{cls.__name__}: invalid input shapes {shapes}: {error}") from None
-        if isinstance(out, np.generic):  # NumPy returns scalars from 0-d ops
+        if out.__class__ is not np.ndarray and isinstance(out, np.generic):  # NumPy gives scalars for 0-d
             out = np.asarray(out)
-        result = Tensor._make(out, device)
+        result = object.__new__(Tensor)
+        result.data = out
+        result.grad = None
+        result._ctx = None
+        result._device = device
+        result._retains_grad = False
+        result._requires_grad = False
         if _grad_enabled:
-            needs_input_grad = tuple([t._requires_grad for t in inputs])
-            if True in needs_input_grad:  # record the op only when a gradient can flow
-                fn.inputs = inputs
-                fn.needs_input_grad = needs_input_grad
-                fn._output_ref = weakref.ref(result)
-                result._requires_grad = True
-                result._ctx = fn
+            for t in inputs:
+                if t._requires_grad:  # record the op only when a gradient can flow
+                    fn.inputs = inputs
+                    fn.needs_input_grad = tuple([t._requires_grad for t in inputs])
+                    fn._output_ref = weakref.ref(result)
+                    result._requires_grad = True
+                    result._ctx = fn
+                    break
         return result
 
     @property
