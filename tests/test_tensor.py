@@ -155,7 +155,7 @@ def test_gpu_detection_never_crashes_and_falls_back_to_cpu():
 def test_shape_errors_name_the_shapes():
     with pytest.raises(ValueError, match=r"shapes \(2, 3\) and \(4, 5\) are not aligned"):
         tg.ones(2, 3) @ tg.ones(4, 5)
-    with pytest.raises(ValueError, match=r"Add: invalid input shapes \(2, 3\), \(4,\)"):
+    with pytest.raises(ValueError, match=r"Add: operands could not be broadcast.*\(input shapes \(2, 3\), \(4,\)\)"):
         tg.ones(2, 3) + tg.ones(4)
     with pytest.raises(ValueError, match="0-d"):
         tg.ones(()) @ tg.ones(3)

@@ -38,6 +38,10 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None, c
         grad_outputs = (grad_outputs,) if not isinstance(grad_outputs, (tuple, list)) else tuple(grad_outputs)
         if len(grad_outputs) != len(outputs):
             raise ValueError(f"got {len(grad_outputs)} grad_outputs for {len(outputs)} outputs")
+    for out, g in zip(outputs, grad_outputs):
+        if g is None and out.numel() != 1:
+            raise RuntimeError(f"grad(): an output of shape {out.shape} is not a scalar; pass grad_outputs "
+                               "(the upstream gradient, same shape)")
     for out in outputs:
         if not out.requires_grad:
             raise RuntimeError("grad(): an output does not require grad (no input it depends on does, "

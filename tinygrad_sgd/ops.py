@@ -23,9 +23,10 @@ def normalize_axis(axis: int, ndim: int) -> int:
     """A non-negative axis index, or an error that names the axis and the rank."""
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise TypeError(f"axis must be an integer, got {axis!r}")
-    if not -ndim <= axis < max(ndim, 1):
+    bound = max(ndim, 1)  # a 0-d tensor accepts axis 0 and -1, as torch
+    if not -bound <= axis < bound:
         raise np.exceptions.AxisError(f"axis {axis} is out of bounds for a tensor with {ndim} dimension(s)")
-    return int(axis) % max(ndim, 1)
+    return int(axis) % bound
 
 
 def normalize_axes(axis, ndim: int) -> tuple:
@@ -34,6 +35,8 @@ def normalize_axes(axis, ndim: int) -> tuple:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     normalized = tuple(sorted(normalize_axis(a, ndim) for a in axes))
+    if ndim == 0:
+        return ()  # a 0-d tensor takes axis 0 or -1 and reduces nothing (as torch)
     if len(set(normalized)) != len(normalized):
         raise ValueError(f"repeated axis in {axis!r}")
     return normalized
@@ -114,9 +117,18 @@ class Pow(Function):
     def backward(self, grad):
         a, b = self.inputs
         # d(a^b)/da = b a^(b-1);  d(a^b)/db = a^b log(a)  (only computed when b needs it:
-        # log of a negative base would be NaN for the common constant exponent)
-        return (unbroadcast(grad * b * a ** (b - 1), a.data.shape) if self.needs_input_grad[0] else None,
-                unbroadcast(grad * self.output * a.log(), b.data.shape) if self.needs_input_grad[1] else None)
+        # log of a negative base would be NaN for the common constant exponent). Where
+        # b = 0 (da) or a = 0 with b >= 0 (db) the formula gives 0 * inf; the derivative
+        # there is 0, as torch has it.
+        zero = constant(get_array_module(grad.data).zeros((), dtype=grad.data.dtype), grad)
+        grad_a = grad_b = None
+        if self.needs_input_grad[0]:
+            grad_a = Where.apply(zero, grad * b * a ** (b - 1), condition=b.data == 0)
+            grad_a = unbroadcast(grad_a, a.data.shape)
+        if self.needs_input_grad[1]:
+            grad_b = Where.apply(zero, grad * self.output * a.log(), condition=(a.data == 0) & (b.data >= 0))
+            grad_b = unbroadcast(grad_b, b.data.shape)
+        return grad_a, grad_b
 
 
 class MatMul(Function):
@@ -147,14 +159,15 @@ class MatMul(Function):
         # A transposed 2-D operand (``x @ W.T``) gets its gradient computed transposed,
         # (B^T G^T)^T instead of G B^T: same numbers, but laid out like the operand, so
         # the gradient that reaches W is contiguous and the optimizer reads it at full speed.
+        matrices = g2.data.ndim == 2  # the transposed form has no batch axes to sum out
         if self.needs_input_grad[0]:
-            if _is_transposed_matrix(a2.data):
+            if matrices and _is_transposed_matrix(a2.data):
                 grad_a = (b2 @ g2.mT).mT
             else:
                 grad_a = unbroadcast(g2 @ b2.mT, a2.data.shape)
             grad_a = grad_a.reshape(a.data.shape)
         if self.needs_input_grad[1]:
-            if _is_transposed_matrix(b2.data):
+            if matrices and _is_transposed_matrix(b2.data):
                 grad_b = (g2.mT @ a2).mT
             else:
                 grad_b = unbroadcast(a2.mT @ g2, b2.data.shape)
@@ -167,15 +180,18 @@ def _is_transposed_matrix(array) -> bool:
 
 
 class Maximum(Function):
-    """Elementwise max; at ties each side gets half the gradient (as torch.maximum)."""
+    """Elementwise max (``largest=True``) or min; at ties each side gets half the
+    gradient (as torch.maximum/minimum)."""
 
-    def forward(self, a, b):
-        return get_array_module(a).maximum(a, b)
+    def forward(self, a, b, largest):
+        self.largest = largest
+        xp = get_array_module(a)
+        return xp.maximum(a, b) if largest else xp.minimum(a, b)
 
     def backward(self, grad):
         a, b = self.inputs
-        share_a = (a.data > b.data) + 0.5 * (a.data == b.data)
-        share_a = share_a.astype(grad.data.dtype, copy=False)
+        wins = a.data > b.data if self.largest else a.data < b.data
+        share_a = (wins + 0.5 * (a.data == b.data)).astype(grad.data.dtype, copy=False)
         return (unbroadcast(grad * constant(share_a, grad), a.data.shape),
                 unbroadcast(grad * constant(1 - share_a, grad), b.data.shape))
 
@@ -205,9 +221,14 @@ class Neg(Function):
         return (-grad,)
 
 
+def as_float(x):
+    """Integer and bool inputs of exp, log, sigmoid, ... compute in float32 (torch's rule)."""
+    return x if x.dtype.kind == "f" else x.astype(np.float32)
+
+
 class Exp(Function):
     def forward(self, x):
-        return get_array_module(x).exp(x)
+        return get_array_module(x).exp(as_float(x))
 
     def backward(self, grad):
         return (grad * self.output,)  # d e^x = e^x
@@ -215,7 +236,7 @@ class Exp(Function):
 
 class Log(Function):
     def forward(self, x):
-        return get_array_module(x).log(x)
+        return get_array_module(x).log(as_float(x))
 
     def backward(self, grad):
         return (grad / self.inputs[0],)
@@ -223,7 +244,7 @@ class Log(Function):
 
 class Sqrt(Function):
     def forward(self, x):
-        return get_array_module(x).sqrt(x)
+        return get_array_module(x).sqrt(as_float(x))
 
     def backward(self, grad):
         return (grad * 0.5 / self.output,)  # d sqrt(x) = 1 / (2 sqrt(x))
@@ -240,7 +261,7 @@ class Abs(Function):
 
 class Tanh(Function):
     def forward(self, x):
-        return get_array_module(x).tanh(x)
+        return get_array_module(x).tanh(as_float(x))
 
     def backward(self, grad):
         out = self.output
@@ -250,6 +271,7 @@ class Tanh(Function):
 class Sigmoid(Function):
     def forward(self, x):
         xp = get_array_module(x)
+        x = as_float(x)
         # exp(-|x|) never overflows; the two branches are the same function rearranged.
         e = xp.exp(-abs(x))
         return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
@@ -284,6 +306,7 @@ class Softplus(Function):
     def forward(self, x, beta, threshold):
         self.beta, self.threshold = beta, threshold
         xp = get_array_module(x)
+        x = as_float(x)
         z = x * beta
         return xp.where(z > threshold, x, xp.logaddexp(0, z) / beta).astype(x.dtype, copy=False)
 
@@ -348,20 +371,21 @@ class Sum(Function):
         return (grad.broadcast_to(shape),)
 
 
-class Max(Function):
-    """Max over ``axis``; tied maxima share the gradient equally (as torch.amax)."""
+class Extremum(Function):
+    """Max (``largest=True``) or min over ``axis``; tied extremes share the gradient
+    equally (as torch.amax/amin)."""
 
-    def forward(self, x, axis, keepdims):
-        if x.size == 0:
-            raise ValueError("max of an empty tensor")
+    def forward(self, x, axis, keepdims, largest):
+        if any(x.shape[a] == 0 for a in axis):
+            raise ValueError(f"{'max' if largest else 'min'} over an empty axis (shape {x.shape}, axis {axis})")
         self.axis, self.keepdims = axis, keepdims
-        return x.max(axis=axis, keepdims=keepdims)
+        return x.max(axis=axis, keepdims=keepdims) if largest else x.min(axis=axis, keepdims=keepdims)
 
     def backward(self, grad):
         x = self.inputs[0].data
         kept = _keepdims_shape(x.shape, self.axis)
-        is_max = x == self.output.data.reshape(kept)
-        share = is_max / is_max.sum(axis=self.axis, keepdims=True)
+        is_extreme = x == self.output.data.reshape(kept)
+        share = is_extreme / is_extreme.sum(axis=self.axis, keepdims=True)
         return (grad.reshape(kept) * constant(share.astype(grad.data.dtype, copy=False), grad),)
 
 
@@ -371,6 +395,7 @@ class LogSumExp(Function):
     def forward(self, x, axis, keepdims):
         self.axis, self.keepdims = axis, keepdims
         xp = get_array_module(x)
+        x = as_float(x)
         m = x.max(axis=axis, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)  # all -inf (or inf) rows: do not subtract inf
         out = xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True)) + m
@@ -386,6 +411,7 @@ class Softmax(Function):
     def forward(self, x, axis):
         self.axis = axis
         xp = get_array_module(x)
+        x = as_float(x)
         e = xp.exp(x - x.max(axis=axis, keepdims=True))
         return e / e.sum(axis=axis, keepdims=True)
 
@@ -399,6 +425,7 @@ class LogSoftmax(Function):
     def forward(self, x, axis):
         self.axis = axis
         xp = get_array_module(x)
+        x = as_float(x)
         shifted = x - x.max(axis=axis, keepdims=True)
         return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
@@ -554,12 +581,13 @@ def where(condition, a, b) -> Tensor:
 def maximum(a, b) -> Tensor:
     """Elementwise maximum; ties split the gradient in half (as torch.maximum)."""
     like = a if isinstance(a, Tensor) else b
-    return Maximum.apply(_as_tensor(a, like), _as_tensor(b, like))
+    return Maximum.apply(_as_tensor(a, like), _as_tensor(b, like), largest=True)
 
 
 def minimum(a, b) -> Tensor:
-    """Elementwise minimum, as ``-maximum(-a, -b)`` (same tie rule)."""
-    return -maximum(-a, -b)
+    """Elementwise minimum; ties split the gradient in half (as torch.minimum)."""
+    like = a if isinstance(a, Tensor) else b
+    return Maximum.apply(_as_tensor(a, like), _as_tensor(b, like), largest=False)
 
 
 _COMPARISONS = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal",

@@ -455,10 +455,12 @@ class Tensor:
         return ops.Sum.apply(self, axis=axes, keepdims=keepdims) * (1.0 / count if count else float("nan"))
 
     def max(self, axis=None, keepdims: bool = False):
-        return ops.Max.apply(self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims)
+        return ops.Extremum.apply(self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims,
+                                  largest=True)
 
     def min(self, axis=None, keepdims: bool = False):
-        return -ops.Max.apply(-self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims)
+        return ops.Extremum.apply(self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims,
+                                  largest=False)
 
     def var(self, axis=None, keepdims: bool = False, correction: int = 1):
         """Variance over ``axis``, dividing by ``N - correction``.
@@ -470,9 +472,10 @@ class Tensor:
         count = 1
         for a in axes:
             count *= self.data.shape[a]
-        divisor = count - correction
+        divisor = count - correction  # N - correction <= 0 divides by 0, as torch and NumPy
         centered = self - self.mean(axis=axes, keepdims=True)
-        return (centered * centered).sum(axis=axes, keepdims=keepdims) * (1.0 / divisor if divisor > 0 else float("nan"))
+        squares = (centered * centered).sum(axis=axes, keepdims=keepdims)
+        return squares * (1.0 / divisor) if divisor > 0 else squares / 0.0
 
     def std(self, axis=None, keepdims: bool = False, correction: int = 1):
         return self.var(axis=axis, keepdims=keepdims, correction=correction).sqrt()
@@ -481,10 +484,10 @@ class Tensor:
         return ops.LogSumExp.apply(self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims)
 
     def softmax(self, axis: int = -1):
-        return ops.Softmax.apply(self, axis=ops.normalize_axis(axis, self.data.ndim))
+        return ops.Softmax.apply(self, axis=ops.normalize_axes(axis, self.data.ndim))
 
     def log_softmax(self, axis: int = -1):
-        return ops.LogSoftmax.apply(self, axis=ops.normalize_axis(axis, self.data.ndim))
+        return ops.LogSoftmax.apply(self, axis=ops.normalize_axes(axis, self.data.ndim))
 
     def argmax(self, axis=None, keepdims: bool = False):
         return ops.arg_reduce("argmax", self, axis, keepdims)
@@ -566,7 +569,11 @@ class Tensor:
         if self._ctx is not None or (self._requires_grad and _grad_enabled):
             raise RuntimeError("in-place assignment to a tensor that is part of the graph; "
                                "wrap it in `with tg.no_grad():` (leaves only)")
-        value = value.data if isinstance(value, Tensor) else value
+        if isinstance(value, Tensor):
+            if value._requires_grad and _grad_enabled:
+                raise RuntimeError("in-place assignment of a value that requires grad would drop its gradient; "
+                                   "build the result with tg.where/tg.concat instead, or detach() the value")
+            value = value.data
         self.data[ops.raw_index(index, self)] = value
 
 
@@ -640,7 +647,7 @@ class Function:
                     out = fn.forward(*[t.data for t in inputs], **params)
         except ValueError as error:
             shapes = ", ".join(str(t.data.shape) for t in inputs)
-            raise ValueError(f"{cls.__name__}: invalid input shapes {shapes}: {error}") from None
+            raise ValueError(f"{cls.__name__}: {error} (input shapes {shapes})") from None
         if out.__class__ is not np.ndarray and isinstance(out, np.generic):  # NumPy gives scalars for 0-d
             out = np.asarray(out)
         result = object.__new__(Tensor)
@@ -650,7 +657,7 @@ class Function:
         result._device = device
         result._retains_grad = False
         result._requires_grad = False
-        if _grad_enabled:
+        if _grad_enabled and out.dtype.kind == "f":  # integer/bool results carry no gradient
             for t in inputs:
                 if t._requires_grad:  # record the op only when a gradient can flow
                     fn.inputs = inputs
@@ -740,7 +747,8 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
 
     With ``inputs=None`` gradients accumulate into the ``.grad`` of leaves (and of
     tensors that called ``retain_grad``). With ``inputs`` given, nothing is written to
-    ``.grad``: the gradient of each input is returned instead (None where unused).
+    ``.grad``: the gradient of each input is returned instead (None where unused), and
+    only the part of the graph between the outputs and those inputs is run (and freed).
     """
     grads: dict[int, Tensor] = {}
     for out, g in zip(outputs, grad_outputs):
@@ -749,12 +757,18 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
     order = _topological_order(outputs)
     wanted = {id(t): i for i, t in enumerate(inputs)} if inputs is not None else None
     captured: list = [None] * len(inputs) if inputs is not None else None
-    # Memory already handed to some leaf's .grad in this pass (by the id of the array
-    # that owns it): a second leaf that would receive the same memory (both sides of
-    # `a + b`, or a reshaped view of one grad) gets a copy, so that a later in-place
-    # update of one .grad (clipping, accumulation) cannot change the other. The
-    # caller's own grad arrays count as handed out: .grad must never alias them.
+    above_wanted = _above(order, wanted) if wanted is not None else None
+    # Gradient arrays are passed along without copying (`Add` hands the same array to
+    # both of its inputs), so two rules keep leaves' .grad independent:
+    # - memory already handed to some leaf's .grad in this pass (by the id of the array
+    #   that owns it) is copied before a second leaf gets it -- the caller's own grad
+    #   arrays count as handed out, so .grad never aliases them either;
+    # - a leaf whose .grad was set in this pass (`borrowed`) may share that array with
+    #   gradients still waiting to be used, so more gradient for it is added out of
+    #   place. A .grad that existed before the call is the leaf's own and is added to in
+    #   place, which keeps views into a fused optimizer's flat buffer views.
     handed_out: set[int] = {id(_owner(g.data)) for g in grads.values()}
+    borrowed: set[int] = set()
 
     def deliver(tensor: Tensor, g) -> None:
         if isinstance(g, SparseRowGrad):  # Embedding(sparse=True): only touched rows
@@ -762,6 +776,11 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                 raise RuntimeError("sparse gradients support backward() only, not create_graph or autograd.grad")
             if tensor.grad is None or isinstance(tensor.grad, SparseRowGrad):
                 tensor.grad = g if tensor.grad is None else tensor.grad + g
+            elif id(tensor) in borrowed:
+                dense = tensor.grad.data.copy()
+                backend.index_add(dense, g.indices, g.values)
+                tensor.grad = Tensor._make(dense, tensor._device)
+                borrowed.discard(id(tensor))
             else:
                 backend.index_add(tensor.grad.data, g.indices, g.values)
             return
@@ -775,32 +794,41 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                 captured[index] = g if captured[index] is None else captured[index] + g
             return
         if tensor.grad is None:
-            if create_graph:  # a graph-carrying grad is never updated in place
-                tensor.grad = g
-                return
             array = g.data
             if not array.flags.writeable or id(_owner(array)) in handed_out:
-                array = array.copy()  # read-only broadcast view, or memory another leaf holds
-            handed_out.add(id(_owner(array)))
-            tensor.grad = Tensor._make(array, tensor._device)
-        elif create_graph:
+                # read-only broadcast view, or memory another leaf holds: copy it
+                g = ops.Clone.apply(g) if create_graph else Tensor._make(array.copy(), tensor._device)
+            handed_out.add(id(_owner(g.data)))
+            borrowed.add(id(tensor))
+            tensor.grad = g if create_graph else Tensor._make(g.data, tensor._device)
+        elif create_graph:  # a graph-carrying grad is never updated in place
             tensor.grad = tensor.grad + g
+        elif id(tensor) in borrowed:
+            tensor.grad = Tensor._make(tensor.grad.data + g.data, tensor._device)  # now its own array
+            borrowed.discard(id(tensor))
         else:
             tensor.grad.data += g.data  # accumulate in place: .grad may be a view into a flat buffer
 
-    with _grad_mode(create_graph):
+    global _grad_enabled
+    previous_mode, _grad_enabled = _grad_enabled, create_graph
+    try:
         for out in outputs:  # a root that is itself a leaf or an input
             if out._ctx is None and id(out) in grads:
                 deliver(out, grads.pop(id(out)))
         for tensor in order:
-            g = grads.pop(id(tensor), None)
+            key = id(tensor)
+            if above_wanted is not None and key not in above_wanted and key not in wanted:
+                continue  # nothing asked for lies below: leave this part of the graph alone
+            g = grads.pop(key, None)
             ctx = tensor._ctx
             if g is None:  # not on a path from the outputs that carries gradient
                 if not retain_graph:
                     ctx.release()
                 continue
-            if tensor._retains_grad or (wanted is not None and id(tensor) in wanted):
+            if tensor._retains_grad or (wanted is not None and key in wanted):
                 deliver(tensor, g)
+            if above_wanted is not None and key not in above_wanted:
+                continue  # an asked-for intermediate with nothing asked for below it
             input_grads = ctx.backward(g)
             for parent, pg in zip(ctx.inputs, input_grads):
                 if pg is None or not parent._requires_grad:
@@ -812,7 +840,19 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                     grads[key] = grads[key] + pg if key in grads else pg
             if not retain_graph:
                 ctx.release()
+    finally:
+        _grad_enabled = previous_mode
     return captured
+
+
+def _above(order: list[Tensor], wanted: dict) -> set[int]:
+    """Ids of the tensors in ``order`` that have a wanted tensor somewhere below them
+    (``order`` lists consumers before what they consume, so walk it backwards)."""
+    above: set[int] = set()
+    for tensor in reversed(order):
+        if any(id(p) in wanted or id(p) in above for p in tensor._ctx.inputs):
+            above.add(id(tensor))
+    return above
 
 
 from . import ops  # noqa: E402  (ops needs Tensor and Function defined above)
