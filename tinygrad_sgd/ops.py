@@ -451,7 +451,10 @@ class Permute(Function):
         return x.transpose(axes)
 
     def backward(self, grad):
-        return (Permute.apply(grad, axes=tuple(int(i) for i in np.argsort(self.axes))),)
+        inverse = [0] * len(self.axes)  # axis a of the input went to position i
+        for i, a in enumerate(self.axes):
+            inverse[a] = i
+        return (Permute.apply(grad, axes=tuple(inverse)),)
 
 
 class BroadcastTo(Function):
