@@ -110,11 +110,19 @@ def test_hyperparameters_after_lr_are_keyword_only():
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_fused_true_is_not_wired_yet(name):
-    with pytest.raises(NotImplementedError, match="fused kernels are not wired yet"):
-        getattr(tg.optim, name)([param(2)], fused=True)
-    for fused in (None, False):
-        getattr(tg.optim, name)([param(2)], fused=fused)
+def test_fused_switch(name):
+    """fused=None picks the kernels where they apply; SparseAdam has none (the rest of the
+    fused path is tested in test_optim_fused.py)."""
+    cls = getattr(tg.optim, name)
+    assert cls([param(2)], fused=None).fused is (name != "SparseAdam")
+    assert cls([param(2)], fused=False).fused is False
+    if name == "SparseAdam":
+        with pytest.raises(ValueError, match="no fused update"):
+            cls([param(2)], fused=True)
+    else:
+        assert cls([param(2)], fused=True).fused is True
+    with pytest.raises(ValueError, match="fused"):
+        cls([param(2)], fused="yes")
 
 
 def test_gradient_shape_or_type_mismatch_is_reported_before_any_update():

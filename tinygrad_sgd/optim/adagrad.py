@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, kernels
 from ..sparse import SparseRowGrad
-from .optimizer import Optimizer, check_fused, check_number, full_like_param
+from .flat import KernelContext, as_flat
+from .optimizer import Optimizer, check_number
 
 
 class Adagrad(Optimizer):
@@ -33,6 +34,11 @@ class Adagrad(Optimizer):
     Adagrad has no decay of ``S``, this is *exactly* the dense update (an untouched row has
     zero gradient and would not move; with ``eps = 0`` and a zero accumulator the dense
     update would even compute 0/0 there).
+
+    **fused** (``None``: automatic): one Numba kernel call per parameter group updates
+    every parameter at once, over flat buffers (see :mod:`tinygrad_sgd.optim.optimizer`);
+    a parameter whose gradient arrives sparse is updated by the reference (touched rows
+    only), and parameters whose step counts differ (``lr_decay``) by separate calls.
     """
 
     def __init__(self, params, lr: float = 1e-2, *, lr_decay: float = 0.0, weight_decay: float = 0.0,
@@ -55,25 +61,43 @@ class Adagrad(Optimizer):
             raise RuntimeError("Adagrad: weight_decay cannot be combined with sparse gradients (it would "
                                "touch every row); use weight_decay=0 for Embedding(sparse=True)")
 
-    def _update_group(self, group: dict, params: list, grads: list) -> None:
+    def _init_state(self, group: dict, params: list) -> list:
+        """Create missing state (the accumulator's start value) and count this step."""
         states = []
         for p in params:
             state = self.state.get(p)
             if not state:
-                state = self.state[p] = {"step": 0, "sum": full_like_param(p, group["initial_accumulator_value"])}
+                start = group["initial_accumulator_value"]
+                state = self.state[p] = {"step": 0, "sum": self._new_state(p, "sum", start)}
             state["step"] += 1
             states.append(state)
+        return states
+
+    @staticmethod
+    def _hyper(group: dict) -> dict:
+        return dict(lr=group["lr"], lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
+                    maximize=group["maximize"])
+
+    def _update_group(self, group: dict, params: list, grads: list) -> None:
+        states = self._init_state(group, params)
         adagrad([p.data for p in params], grads, [s["sum"] for s in states], [s["step"] for s in states],
-                lr=group["lr"], lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
-                maximize=group["maximize"], fused=self.fused)
+                **self._hyper(group), fused=False)
+
+    def _fused_update(self, group: dict, pack, indices: list) -> None:
+        self._init_state(group, [pack.params[i] for i in indices])
+        for start, stop, step in pack.runs(indices, lambda i: self.state[pack.params[i]]["step"]):
+            adagrad([pack.segment(pack.param_flat, start, stop)], [pack.segment(pack.grad_flat, start, stop)],
+                    [pack.segment(pack.state_buffer("sum"), start, stop)], [step], **self._hyper(group), fused=True)
 
 
 def adagrad(params: list, grads: list, state_sums: list, steps: list, *, lr: float, lr_decay: float,
-            weight_decay: float, eps: float, maximize: bool, fused: bool | None = False) -> None:
-    """Functional Adagrad over raw arrays; the one place that chooses the implementation."""
-    check_fused(fused)
-    _single_tensor_adagrad(params, grads, state_sums, steps, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                           eps=eps, maximize=maximize)
+            weight_decay: float, eps: float, maximize: bool, fused: bool = False) -> None:
+    """Functional Adagrad over raw arrays; the one place that chooses the implementation:
+    the reference loop (:func:`_single_tensor_adagrad`) or, with ``fused=True``, one fused
+    kernel call per list entry (:func:`_fused_adagrad`)."""
+    impl = _fused_adagrad if fused else _single_tensor_adagrad
+    impl(params, grads, state_sums, steps, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+         maximize=maximize)
 
 
 def _single_tensor_adagrad(params: list, grads: list, state_sums: list, steps: list, *, lr: float,
@@ -99,3 +123,17 @@ def _single_tensor_adagrad(params: list, grads: list, state_sums: list, steps: l
             state_sum += grad * grad                          # S = S + g^2
             std = xp.sqrt(state_sum) + eps
             param -= clr * (grad / std)                       # p -= eta_t g / (sqrt(S) + eps)
+
+
+def _fused_adagrad(params: list, grads: list, state_sums: list, steps: list, *, lr: float, lr_decay: float,
+                   weight_decay: float, eps: float, maximize: bool) -> None:
+    """The fused update: per list entry, one pass over memory in one Numba kernel (one CUDA
+    launch for CuPy arrays), the arithmetic of :func:`_single_tensor_adagrad` element by
+    element (dense gradients only; the reference handles sparse ones)."""
+    for param, grad, state_sum, step in zip(params, grads, state_sums, steps):
+        if isinstance(grad, SparseRowGrad):
+            raise TypeError("the fused Adagrad update takes dense gradients only, got a SparseRowGrad")
+        with KernelContext(param):
+            kernels.adagrad_update(as_flat(param, "param"), as_flat(grad, "grad"), as_flat(state_sum, "state_sum"),
+                                   step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                                   maximize=maximize)

@@ -1,11 +1,13 @@
-"""Adam (and, through ``decoupled_weight_decay``, AdamW): the reference update."""
+"""Adam (and, through ``decoupled_weight_decay``, AdamW): the reference and the fused update."""
 
 from __future__ import annotations
 
 import math
 
-from .. import backend
-from .optimizer import Optimizer, check_betas, check_fused, check_number, zeros_like_param
+from .. import backend, kernels
+from ..sparse import SparseRowGrad
+from .flat import KernelContext, as_flat
+from .optimizer import Optimizer, check_betas, check_number
 
 
 class Adam(Optimizer):
@@ -35,6 +37,11 @@ class Adam(Optimizer):
     (L2): ``lambda * p`` joins the gradient before the moments, so it is rescaled by the
     adaptive denominator like any gradient — Loshchilov & Hutter's point, fixed by
     :class:`AdamW`. Sparse gradients are rejected (use :class:`SparseAdam`).
+
+    **fused** (``None``: automatic): one Numba kernel call per parameter group updates
+    every parameter at once, over flat buffers (see :mod:`tinygrad_sgd.optim.optimizer`).
+    The bias corrections depend on each parameter's step count ``t``; parameters whose
+    counts differ (one skipped steps without a gradient) are updated by separate calls.
     """
 
     _decoupled_weight_decay = False
@@ -56,36 +63,56 @@ class Adam(Optimizer):
         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients (SparseRowGrad); "
                            "use SparseAdam (lazy Adam) for Embedding(sparse=True)")
 
-    def _update_group(self, group: dict, params: list, grads: list) -> None:
+    def _init_state(self, group: dict, params: list) -> list:
+        """Create missing state (zeros) and count this step, for the parameters updated now."""
         states = []
         for p in params:
             state = self.state.get(p)
             if not state:
-                state = self.state[p] = {"step": 0, "exp_avg": zeros_like_param(p), "exp_avg_sq": zeros_like_param(p)}
+                state = self.state[p] = {"step": 0, "exp_avg": self._new_state(p, "exp_avg"),
+                                         "exp_avg_sq": self._new_state(p, "exp_avg_sq")}
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = zeros_like_param(p)
+                state["max_exp_avg_sq"] = self._new_state(p, "max_exp_avg_sq")
             state["step"] += 1
             states.append(state)
+        return states
+
+    def _hyper(self, group: dict) -> dict:
         beta1, beta2 = group["betas"]
+        return dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                    amsgrad=group["amsgrad"], maximize=group["maximize"],
+                    decoupled_weight_decay=self._decoupled_weight_decay)
+
+    def _update_group(self, group: dict, params: list, grads: list) -> None:
+        states = self._init_state(group, params)
         adam([p.data for p in params], grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-             [s.get("max_exp_avg_sq") for s in states], [s["step"] for s in states],
-             lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-             amsgrad=group["amsgrad"], maximize=group["maximize"],
-             decoupled_weight_decay=self._decoupled_weight_decay, fused=self.fused)
+             [s.get("max_exp_avg_sq") for s in states], [s["step"] for s in states], **self._hyper(group),
+             fused=False)
+
+    def _fused_update(self, group: dict, pack, indices: list) -> None:
+        self._init_state(group, [pack.params[i] for i in indices])
+        amsgrad = group["amsgrad"]
+        for start, stop, step in pack.runs(indices, lambda i: self.state[pack.params[i]]["step"]):
+            def seg(flat):
+                return pack.segment(flat, start, stop)
+            adam([seg(pack.param_flat)], [seg(pack.grad_flat)], [seg(pack.state_buffer("exp_avg"))],
+                 [seg(pack.state_buffer("exp_avg_sq"))],
+                 [seg(pack.state_buffer("max_exp_avg_sq")) if amsgrad else None], [step], **self._hyper(group),
+                 fused=True)
 
 
 def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_avg_sqs: list, steps: list, *,
          lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
-         decoupled_weight_decay: bool, fused: bool | None = False) -> None:
+         decoupled_weight_decay: bool, fused: bool = False) -> None:
     """Functional Adam/AdamW over raw arrays (``steps`` already count the current step).
 
-    The one place that chooses the implementation: the reference loop below, or (when the
-    fused kernels are wired) one fused call over flat buffers.
+    The one place that chooses the implementation: the reference loop
+    (:func:`_single_tensor_adam`) or, with ``fused=True``, one fused kernel call per list
+    entry (:func:`_fused_adam`; pass flat buffers to update many parameters in one call).
     """
-    check_fused(fused)
-    _single_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr=lr, beta1=beta1,
-                        beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                        decoupled_weight_decay=decoupled_weight_decay)
+    impl = _fused_adam if fused else _single_tensor_adam
+    impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+         weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
 
 
 def _single_tensor_adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_avg_sqs: list,
@@ -114,3 +141,21 @@ def _single_tensor_adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: 
             else:
                 denom = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps   # sqrt(v_hat) + eps
             param -= (lr / bias_correction1) * (exp_avg / denom)             # p -= lr m_hat / (sqrt(v_hat) + eps)
+
+
+def _fused_adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_avg_sqs: list,
+                steps: list, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                amsgrad: bool, maximize: bool, decoupled_weight_decay: bool) -> None:
+    """The fused update: per list entry, one pass over memory in one Numba kernel (one CUDA
+    launch for CuPy arrays), the arithmetic of :func:`_single_tensor_adam` element by
+    element; the bias corrections are computed once on the host (``kernels/host.py``)."""
+    for param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step in zip(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps):
+        if isinstance(grad, SparseRowGrad):
+            raise TypeError("the fused Adam update takes dense gradients only, got a SparseRowGrad")
+        with KernelContext(param):
+            kernels.adam_update(as_flat(param, "param"), as_flat(grad, "grad"), as_flat(exp_avg, "exp_avg"),
+                                as_flat(exp_avg_sq, "exp_avg_sq"),
+                                as_flat(max_exp_avg_sq, "max_exp_avg_sq") if amsgrad else None,
+                                step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize)

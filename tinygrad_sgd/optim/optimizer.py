@@ -8,14 +8,28 @@ moving averages, step counters) live in ``optimizer.state[param]``, a dict whose
 follow the papers and PyTorch (``step``, ``momentum_buffer``, ``exp_avg``, ...).
 
 ``step()`` gathers the parameters that have a gradient (checking every gradient before
-anything changes) and hands each group to the subclass's ``_update_group``, which creates
-missing state and calls the optimizer's functional update (``sgd(...)``, ``adam(...)``):
-the one place where the readable reference update (``_single_tensor_*``) or, once wired,
-a fused kernel is chosen (``check_fused``).
+anything changes) and hands each group to the subclass: ``_update_group`` creates missing
+state and calls the optimizer's functional update (``sgd(...)``, ``adam(...)``) with
+``fused=False``, the readable reference (``_single_tensor_*``), one parameter at a time;
+``_fused_update`` does the same over the flat buffers of ``flat.py`` with ``fused=True``:
+one Numba kernel call (one CUDA launch on the GPU) per parameter group, device and dtype,
+chosen by the array type in ``tinygrad_sgd.kernels``. Which of the two an optimizer uses is
+decided once, by :func:`resolve_fused`, from its ``fused=`` argument:
+
+* ``fused=None`` (default): fused when Numba imports and every parameter is a float32 or
+  float64 tensor (on the CPU or a CUDA GPU); otherwise the reference. A parameter whose
+  gradient arrives sparse (``SparseRowGrad``) is updated by the reference for that step.
+* ``fused=True``: fused, or a ``ValueError`` naming what the kernels cannot take (a
+  float16 parameter, no Numba, ``SparseAdam``); a sparse gradient at ``step()`` raises.
+* ``fused=False``: the reference.
+
+The two paths compute the same numbers (float32: within 1e-6 relative over hundreds of
+steps; ``tests/test_optim_fused.py``), keep the same ``state`` entries and the same
+``state_dict()`` format, so a checkpoint of either loads into the other.
 
 Updates write into ``param.data`` *in place*: a parameter may be a view into one flat
 buffer (what the fused kernels update in one call), and rebinding ``param.data`` would cut
-that view loose.
+that view loose; a fused optimizer notices a rebinding and re-packs (``flat.py``).
 """
 
 from __future__ import annotations
@@ -28,19 +42,40 @@ import numpy as np
 from .. import backend
 from ..sparse import SparseRowGrad
 from ..tensor import Tensor, enable_grad
+from .flat import FlatGroup, numba_available, unsupported_reason
 
-FUSED_NOT_WIRED = "fused kernels are not wired yet"
+
+def check_fused(fused):
+    """The ``fused=`` argument as given: ``None``, ``True`` or ``False``."""
+    if fused is not None and not isinstance(fused, (bool, np.bool_)):
+        raise ValueError(f"invalid fused {fused!r}: must be None (automatic), True or False")
+    return None if fused is None else bool(fused)
 
 
-def check_fused(fused) -> bool:
-    """Resolve the ``fused=`` argument: None/False choose the reference update.
+def resolve_fused(fused, params: list, owner: str, *, has_kernel: bool = True) -> bool:
+    """Choose the update implementation: True for the fused kernels, False for the reference.
 
-    This is the single place the choice of update implementation is made; the fused
-    Numba kernels plug in here.
+    The single place this choice is made. ``fused=None`` takes the kernels when they can
+    update every parameter in ``params``; ``fused=True`` insists and raises a
+    ``ValueError`` naming the first obstacle; ``fused=False`` keeps the reference.
     """
-    if fused:
-        raise NotImplementedError(FUSED_NOT_WIRED)
-    return False
+    fused = check_fused(fused)
+    if fused is False:
+        return False
+    reason = None
+    if not has_kernel:
+        reason = f"{owner} has no fused update (it updates only the rows of a sparse gradient)"
+    elif not numba_available():
+        reason = "the fused kernels need Numba, which does not import here"
+    else:
+        for i, p in enumerate(params):
+            why = unsupported_reason(p)
+            if why is not None:
+                reason = f"params[{i}] {why}"
+                break
+    if reason is not None and fused:
+        raise ValueError(f"{owner}(fused=True): {reason}; use fused=None (automatic) or fused=False")
+    return reason is None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -98,10 +133,19 @@ class Optimizer:
     ``params`` is an iterable of Tensors, or of dicts that each define a parameter group
     (``{"params": [...], "lr": 0.01}``); hyperparameters a group leaves out come from
     ``defaults``. Every Tensor may appear once in the whole optimizer.
+
+    ``fused`` chooses the update implementation (see the module docstring and
+    :func:`resolve_fused`); ``optimizer.fused`` tells which one was taken.
     """
 
+    #: False for an optimizer without a fused kernel (SparseAdam).
+    _has_fused_kernel = True
+
     def __init__(self, params, defaults: dict, *, fused=None):
-        self.fused = check_fused(fused)
+        self._fused_arg = check_fused(fused)
+        self.fused = False  # decided below, once every group is known
+        self._flat_groups: list = []  # a FlatGroup per parameter group (None: reference update)
+        self._grads_persist = False   # the last zero_grad() kept gradients (set_to_none=False)
         self.defaults = dict(defaults)
         self._validate_group(self.defaults)  # bad defaults fail even if every group overrides them
         self.state: dict[Tensor, dict] = {}
@@ -118,6 +162,11 @@ class Optimizer:
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         for group in groups:
             self.add_param_group(group)
+        everything = [p for group in self.param_groups for p in group["params"]]
+        self.fused = resolve_fused(self._fused_arg, everything, type(self).__name__,
+                                   has_kernel=self._has_fused_kernel)
+        if self.fused:
+            self._flat_groups = [FlatGroup(group["params"]) for group in self.param_groups]
 
     # ------------------------------------------------------------------ groups
     def _validate_group(self, group: dict) -> None:
@@ -161,8 +210,17 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._validate_group(group)
+        flat = None
+        if self.fused:  # a group added after construction: packed too, when the kernels take it
+            reasons = [(i, unsupported_reason(p)) for i, p in enumerate(params)]
+            reasons = [(i, why) for i, why in reasons if why is not None]
+            if reasons and self._fused_arg:
+                i, why = reasons[0]
+                raise ValueError(f"{type(self).__name__}(fused=True): params[{i}] of the new group {why}")
+            flat = None if reasons else FlatGroup(params)  # fused=None: that group takes the reference
         group["params"] = params
         self.param_groups.append(group)
+        self._flat_groups.append(flat)
 
     # ------------------------------------------------------------------ gradients
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -173,12 +231,36 @@ class Optimizer:
         ``step()``. ``set_to_none=False`` writes zeros into the existing array in place
         (keeping views into a flat gradient buffer alive). A sparse gradient
         (``SparseRowGrad``) has no "zero array" to keep, so it is always dropped.
+
+        **Fused optimizers.** The semantics are the same (a parameter whose ``.grad`` is
+        None is skipped, exactly as by the reference). What differs is the cost:
+
+        * ``set_to_none=True``: backward stores fresh arrays and ``step()`` copies them
+          into the flat gradient buffer (one pass over the gradients, per tensor).
+        * ``set_to_none=False``: after the next ``step()`` each ``.grad`` holds a view into
+          the flat gradient buffer (the same Tensor object, same values); from then on
+          this call zeroes the whole buffer at once, backward accumulates straight into
+          it, and ``step()`` copies nothing. A gradient Tensor kept from an earlier
+          step then changes with the buffer, as a kept gradient always does with
+          ``set_to_none=False``.
         """
-        for group in self.param_groups:
+        if self.fused:
+            self._sync_flat()
+            self._grads_persist = not set_to_none
+            if not set_to_none:
+                for flat in self._flat_groups:
+                    for pack in flat.packs if flat is not None else ():
+                        pack.zero_grads()  # the views; other arrays are zeroed below
+        for gi, group in enumerate(self.param_groups):
+            flat = self._flat_groups[gi] if self.fused else None
             for p in group["params"]:
                 grad = p.grad
                 if grad is None:
                     continue
+                if not set_to_none and flat is not None and isinstance(grad, Tensor):
+                    pack, i = flat.where[id(p)]
+                    if grad.data is pack.grad_views[i] and grad.grad_fn is None:
+                        continue  # zeroed with its whole buffer above
                 if set_to_none or isinstance(grad, SparseRowGrad):
                     p.grad = None
                 elif grad.grad_fn is not None:  # a create_graph gradient: do not write into the graph
@@ -186,14 +268,22 @@ class Optimizer:
                 else:
                     grad.data[...] = 0
 
-    def _gather(self, group: dict):
+    def _gather(self, group: dict, flat: FlatGroup | None = None):
         """The group's parameters that have a gradient, and those gradients (raw arrays or
-        ``SparseRowGrad``), each checked against its parameter."""
+        ``SparseRowGrad``), each checked against its parameter. A gradient that is the
+        view a fused optimizer installed fits its parameter by construction."""
         params, grads = [], []
+        where = flat.where if flat is not None else {}
         for p in group["params"]:
             grad = p.grad
             if grad is None:
                 continue
+            if where and isinstance(grad, Tensor):
+                pack, i = where[id(p)]
+                if grad.data is pack.grad_views[i]:
+                    params.append(p)
+                    grads.append(grad.data)
+                    continue
             if isinstance(grad, SparseRowGrad):
                 self._check_sparse(group)
                 if grad.shape != p.shape:
@@ -233,15 +323,119 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
-        gathered = [self._gather(group) for group in self.param_groups]
-        for group, (params, grads) in zip(self.param_groups, gathered):
-            if params:
-                self._update_group(group, params, grads)
+        if not self.fused:
+            gathered = [self._gather(group) for group in self.param_groups]
+            for group, (params, grads) in zip(self.param_groups, gathered):
+                if params:
+                    self._update_group(group, params, grads)
+            return loss
+        self._sync_flat()
+        plans = [self._plan(gi) for gi in range(len(self.param_groups))]  # every check before any change
+        for group, (dense, reference_params, reference_grads) in zip(self.param_groups, plans):
+            for pack, indices, copies in dense:
+                self._load_grads(pack, copies)
+                pack.adopt_state(self.state)
+                self._fused_update(group, pack, indices)
+            if reference_params:  # a group the kernels cannot take, or sparse gradients (fused=None)
+                self._update_group(group, reference_params, reference_grads)
         return loss
 
     def _update_group(self, group: dict, params: list, grads: list) -> None:  # pragma: no cover - abstract
-        """Create missing state, then call the functional update for one group."""
+        """Create missing state, then call the functional reference update for one group."""
         raise NotImplementedError
+
+    def _fused_update(self, group: dict, pack, indices: list) -> None:  # pragma: no cover - abstract
+        """Create missing state, then call the functional fused update over the flat
+        buffers of ``pack`` for the parameters ``indices`` (those with a gradient, already
+        in ``pack.grad_flat``): one call per run of ``pack.runs``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ flat buffers
+    def _sync_flat(self) -> None:
+        """Catch rebound parameters (``p.data`` no longer the installed view) and re-pack
+        their group; a rebinding to a dtype the kernels cannot take raises with
+        ``fused=True`` and hands the group to the reference with ``fused=None``."""
+        for gi, flat in enumerate(self._flat_groups):
+            if flat is None:
+                continue
+            stale = flat.stale()
+            if not stale:
+                continue
+            flat.check_rebound(stale, gi)
+            params = self.param_groups[gi]["params"]
+            reasons = [(i, unsupported_reason(p)) for i, p in enumerate(params)]
+            reasons = [(i, why) for i, why in reasons if why is not None]
+            if reasons:
+                i, why = reasons[0]
+                if self._fused_arg:
+                    raise RuntimeError(f"{type(self).__name__}(fused=True): parameter {i} of parameter group {gi} "
+                                       f"was rebound to an array the fused kernels cannot update: it {why}")
+                for p in params:  # the reference keeps each state array like its parameter
+                    for name, value in self.state.get(p, {}).items():
+                        if backend.is_array(value) and value.ndim > 0:
+                            with backend.device_context(p.device):
+                                self.state[p][name] = backend.to_device(value, p.device).astype(p.dtype)
+                self._flat_groups[gi] = None
+                continue
+            flat.repack(self.state)
+
+    def _plan(self, gi: int):
+        """One group's work: ``(dense, reference_params, reference_grads)`` where ``dense``
+        lists ``(pack, indices, copies)``: the parameters of each pack that have a dense
+        gradient, and the gradients among them that are not yet the pack's views. The
+        rest goes to the reference update (all of a group without packs; a sparse
+        gradient with ``fused=None``). Checks every gradient and changes nothing."""
+        group, flat = self.param_groups[gi], self._flat_groups[gi]
+        if flat is None:
+            params, grads = self._gather(group)
+            return [], params, grads
+        if all(pack.grads_in_place() for pack in flat.packs):  # the steady state: nothing to look at
+            return [(pack, pack.all_indices, []) for pack in flat.packs], [], []
+        params, grads = self._gather(group, flat)
+        dense: dict[int, tuple] = {}
+        sparse_params, sparse_grads = [], []
+        for p, grad in zip(params, grads):
+            if isinstance(grad, SparseRowGrad):
+                if self._fused_arg:
+                    i = flat.position[id(p)]
+                    raise RuntimeError(
+                        f"{type(self).__name__}(fused=True): parameter {i} of parameter group {gi} has a sparse "
+                        "gradient (SparseRowGrad), which the fused kernels cannot update; use fused=None to "
+                        "update sparse gradients with the reference, or fused=False")
+                sparse_params.append(p)
+                sparse_grads.append(grad)
+                continue
+            pack, i = flat.where[id(p)]
+            entry = dense.get(id(pack))
+            if entry is None:
+                entry = dense[id(pack)] = (pack, [], [])
+            entry[1].append(i)
+            if grad is not pack.grad_views[i]:
+                entry[2].append((i, grad))
+        return list(dense.values()), sparse_params, sparse_grads
+
+    def _load_grads(self, pack, copies: list) -> None:
+        """Copy gradients that are not views into the pack's flat gradient buffer; after
+        ``zero_grad(set_to_none=False)`` the ``.grad`` Tensor then takes the view."""
+        with backend.device_context(pack.device):
+            for i, grad in copies:
+                view = pack.grad_views[i]
+                view[...] = grad
+                if self._grads_persist:
+                    tensor = pack.params[i].grad
+                    if (isinstance(tensor, Tensor) and tensor.data is grad and tensor.grad_fn is None
+                            and grad.dtype == view.dtype):
+                        tensor.data = view
+
+    def _new_state(self, p: Tensor, name: str, fill: float = 0.0):
+        """A new state buffer for ``p`` holding ``fill``: its segment of the flat state
+        buffer ``name`` when ``p`` is packed, else a fresh array like ``p``."""
+        for flat in self._flat_groups:
+            where = flat.where.get(id(p)) if flat is not None else None
+            if where is not None:
+                pack, i = where
+                return pack.new_state(name, i, fill)
+        return full_like_param(p, fill)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -326,6 +520,9 @@ class Optimizer:
             new_state[p] = restored
         self.param_groups[:] = new_groups
         self.state = new_state
+        for flat in self._flat_groups:  # fused: the loaded arrays move into the flat state buffers
+            for pack in flat.packs if flat is not None else ():
+                pack.adopt_state(self.state)
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
@@ -338,12 +535,8 @@ class Optimizer:
         return "\n".join(lines)
 
 
-def zeros_like_param(p: Tensor):
-    """A zero buffer with the parameter's shape, dtype and device (state initialisation)."""
-    with backend.device_context(p.device):
-        return backend.get_array_module(p.data).zeros_like(p.data)
-
-
 def full_like_param(p: Tensor, value: float):
+    """A buffer with the parameter's shape, dtype and device holding ``value`` (the state
+    of a parameter the reference updates)."""
     with backend.device_context(p.device):
         return backend.get_array_module(p.data).full_like(p.data, value)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from .. import backend
-from .optimizer import Optimizer, check_fused, check_number, zeros_like_param
+from .. import backend, kernels
+from ..sparse import SparseRowGrad
+from .flat import KernelContext, as_flat
+from .optimizer import Optimizer, check_number
 
 
 class RMSprop(Optimizer):
@@ -37,6 +39,9 @@ class RMSprop(Optimizer):
     coordinate. **Momentum convention:** PyTorch's, the buffer accumulates the
     *normalised* gradient and ``eta`` multiplies the whole buffer (as in :class:`SGD`).
     **Weight decay** is coupled (L2). Sparse gradients are rejected.
+
+    **fused** (``None``: automatic): one Numba kernel call per parameter group updates
+    every parameter at once, over flat buffers (see :mod:`tinygrad_sgd.optim.optimizer`).
     """
 
     def __init__(self, params, lr: float = 1e-2, *, alpha: float = 0.99, eps: float = 1e-8,
@@ -56,33 +61,54 @@ class RMSprop(Optimizer):
         group["centered"] = bool(group["centered"])
         group["maximize"] = bool(group["maximize"])
 
-    def _update_group(self, group: dict, params: list, grads: list) -> None:
+    def _init_state(self, group: dict, params: list) -> list:
+        """Create missing state (zeros) and count this step, for the parameters updated now."""
         states = []
         for p in params:
             state = self.state.get(p)
             if not state:
-                state = self.state[p] = {"step": 0, "square_avg": zeros_like_param(p)}
+                state = self.state[p] = {"step": 0, "square_avg": self._new_state(p, "square_avg")}
             # created on first need, so a momentum switched on later (CyclicLR) starts from zero
             if group["momentum"] > 0 and "momentum_buffer" not in state:
-                state["momentum_buffer"] = zeros_like_param(p)
+                state["momentum_buffer"] = self._new_state(p, "momentum_buffer")
             if group["centered"] and "grad_avg" not in state:
-                state["grad_avg"] = zeros_like_param(p)
+                state["grad_avg"] = self._new_state(p, "grad_avg")
             state["step"] += 1
             states.append(state)
+        return states
+
+    @staticmethod
+    def _hyper(group: dict) -> dict:
+        return dict(lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+                    momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"])
+
+    def _update_group(self, group: dict, params: list, grads: list) -> None:
+        states = self._init_state(group, params)
         rmsprop([p.data for p in params], grads, [s["square_avg"] for s in states],
                 [s.get("grad_avg") for s in states], [s.get("momentum_buffer") for s in states],
-                lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
-                momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
-                fused=self.fused)
+                **self._hyper(group), fused=False)
+
+    def _fused_update(self, group: dict, pack, indices: list) -> None:
+        self._init_state(group, [pack.params[i] for i in indices])
+        momentum, centered = group["momentum"] > 0, group["centered"]
+        for start, stop, _ in pack.runs(indices):
+            def seg(flat):
+                return pack.segment(flat, start, stop)
+            rmsprop([seg(pack.param_flat)], [seg(pack.grad_flat)], [seg(pack.state_buffer("square_avg"))],
+                    [seg(pack.state_buffer("grad_avg")) if centered else None],
+                    [seg(pack.state_buffer("momentum_buffer")) if momentum else None],
+                    **self._hyper(group), fused=True)
 
 
 def rmsprop(params: list, grads: list, square_avgs: list, grad_avgs: list, momentum_buffers: list, *, lr: float,
             alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool, maximize: bool,
-            fused: bool | None = False) -> None:
-    """Functional RMSprop over raw arrays; the one place that chooses the implementation."""
-    check_fused(fused)
-    _single_tensor_rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers, lr=lr, alpha=alpha, eps=eps,
-                           weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize)
+            fused: bool = False) -> None:
+    """Functional RMSprop over raw arrays; the one place that chooses the implementation:
+    the reference loop (:func:`_single_tensor_rmsprop`) or, with ``fused=True``, one fused
+    kernel call per list entry (:func:`_fused_rmsprop`)."""
+    impl = _fused_rmsprop if fused else _single_tensor_rmsprop
+    impl(params, grads, square_avgs, grad_avgs, momentum_buffers, lr=lr, alpha=alpha, eps=eps,
+         weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize)
 
 
 def _single_tensor_rmsprop(params: list, grads: list, square_avgs: list, grad_avgs: list, momentum_buffers: list,
@@ -109,3 +135,20 @@ def _single_tensor_rmsprop(params: list, grads: list, square_avgs: list, grad_av
                 param -= lr * buf
             else:
                 param -= lr * (grad / avg)                    # p -= lr g / r
+
+
+def _fused_rmsprop(params: list, grads: list, square_avgs: list, grad_avgs: list, momentum_buffers: list, *,
+                   lr: float, alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool,
+                   maximize: bool) -> None:
+    """The fused update: per list entry, one pass over memory in one Numba kernel (one CUDA
+    launch for CuPy arrays), the arithmetic of :func:`_single_tensor_rmsprop` element by
+    element."""
+    for param, grad, square_avg, grad_avg, buf in zip(params, grads, square_avgs, grad_avgs, momentum_buffers):
+        if isinstance(grad, SparseRowGrad):
+            raise TypeError("the fused RMSprop update takes dense gradients only, got a SparseRowGrad")
+        with KernelContext(param):
+            kernels.rmsprop_update(as_flat(param, "param"), as_flat(grad, "grad"), as_flat(square_avg, "square_avg"),
+                                   as_flat(buf, "momentum_buffer") if momentum > 0 else None,
+                                   as_flat(grad_avg, "grad_avg") if centered else None,
+                                   lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                   centered=centered, maximize=maximize)

@@ -1,10 +1,11 @@
-"""Stochastic gradient descent with (Nesterov) momentum: the reference update."""
+"""Stochastic gradient descent with (Nesterov) momentum: the reference and the fused update."""
 
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, kernels
 from ..sparse import SparseRowGrad
-from .optimizer import Optimizer, check_fused, check_number
+from .flat import KernelContext, as_flat
+from .optimizer import Optimizer, check_number
 
 
 class SGD(Optimizer):
@@ -55,7 +56,11 @@ class SGD(Optimizer):
     momentum the buffer is kept dense: every row that has ever been touched keeps moving
     on its velocity (the numbers PyTorch's sparse momentum buffer produces), so the
     step costs a dense update. ``weight_decay`` cannot be combined with sparse gradients
-    (as in PyTorch): it would touch every row.
+    (as in PyTorch): it would touch every row. A fused optimizer (``fused=None``) updates
+    a parameter whose gradient arrives sparse with the reference update.
+
+    **fused** (``None``: automatic): one Numba kernel call per parameter group updates
+    every parameter at once, over flat buffers (see :mod:`tinygrad_sgd.optim.optimizer`).
 
     Example::
 
@@ -89,22 +94,43 @@ class SGD(Optimizer):
         momentum_buffers = [self.state.get(p, {}).get("momentum_buffer") for p in params]
         sgd([p.data for p in params], grads, momentum_buffers, lr=group["lr"], momentum=group["momentum"],
             dampening=group["dampening"], weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-            maximize=group["maximize"], fused=self.fused)
+            maximize=group["maximize"], fused=False)
         if group["momentum"] != 0:
             for p, buf in zip(params, momentum_buffers):
                 self.state.setdefault(p, {})["momentum_buffer"] = buf
 
+    def _fused_update(self, group: dict, pack, indices: list) -> None:
+        use_momentum = group["momentum"] != 0
+        # A parameter without a momentum buffer starts it from its gradient (first_step);
+        # with momentum off, no state at all, as in the reference.
+        has_buffer = (lambda i: "momentum_buffer" in self.state.get(pack.params[i], ())) if use_momentum else None
+        for start, stop, buffered in pack.runs(indices, has_buffer):
+            bufs = [pack.segment(pack.state_buffer("momentum_buffer"), start, stop) if use_momentum else None]
+            sgd([pack.segment(pack.param_flat, start, stop)], [pack.segment(pack.grad_flat, start, stop)], bufs,
+                lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+                weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
+                fused=True, first_step=buffered is False)
+            if buffered is False:
+                for i in range(start, stop):
+                    self.state.setdefault(pack.params[i], {})["momentum_buffer"] = pack.state_view("momentum_buffer", i)
+
 
 def sgd(params: list, grads: list, momentum_buffers: list, *, lr: float, momentum: float, dampening: float,
-        weight_decay: float, nesterov: bool, maximize: bool, fused: bool | None = False) -> None:
+        weight_decay: float, nesterov: bool, maximize: bool, fused: bool = False, first_step: bool = False) -> None:
     """Functional SGD over raw arrays; new momentum buffers are written into ``momentum_buffers``.
 
-    The one place that chooses the implementation: the reference loop below, or (when the
-    fused kernels are wired) one fused call over flat buffers.
+    The one place that chooses the implementation: the reference loop
+    (:func:`_single_tensor_sgd`) or, with ``fused=True``, one fused kernel call per list
+    entry (:func:`_fused_sgd`; pass flat buffers to update many parameters in one call).
+    ``first_step`` (fused only) says the given momentum buffers are new: the kernel
+    fills them from the gradient, what the reference does for a ``None`` entry.
     """
-    check_fused(fused)
-    _single_tensor_sgd(params, grads, momentum_buffers, lr=lr, momentum=momentum, dampening=dampening,
-                       weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+    if fused:
+        _fused_sgd(params, grads, momentum_buffers, lr=lr, momentum=momentum, dampening=dampening,
+                   weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, first_step=first_step)
+    else:
+        _single_tensor_sgd(params, grads, momentum_buffers, lr=lr, momentum=momentum, dampening=dampening,
+                           weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
 
 
 def _single_tensor_sgd(params: list, grads: list, momentum_buffers: list, *, lr: float, momentum: float,
@@ -131,3 +157,22 @@ def _single_tensor_sgd(params: list, grads: list, momentum_buffers: list, *, lr:
                     buf += (1 - dampening) * d_p
                 d_p = d_p + momentum * buf if nesterov else buf   # Nesterov looks one step ahead
             param -= lr * d_p                                 # p = p - lr * d_p (in place)
+
+
+def _fused_sgd(params: list, grads: list, momentum_buffers: list, *, lr: float, momentum: float, dampening: float,
+               weight_decay: float, nesterov: bool, maximize: bool, first_step: bool = False) -> None:
+    """The fused update: per list entry, one pass over memory in one Numba kernel (one CUDA
+    launch for CuPy arrays), the arithmetic of :func:`_single_tensor_sgd` element by
+    element. A ``None`` momentum buffer is allocated here and started from the gradient."""
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        if isinstance(grad, SparseRowGrad):
+            raise TypeError("the fused SGD update takes dense gradients only, got a SparseRowGrad")
+        buf, first = momentum_buffers[i], first_step
+        with KernelContext(param):
+            if momentum != 0 and buf is None:
+                buf = momentum_buffers[i] = backend.get_array_module(param).empty(param.shape, dtype=param.dtype)
+                first = True
+            kernels.sgd_update(as_flat(param, "param"), as_flat(grad, "grad"),
+                               as_flat(buf, "momentum_buffer") if momentum != 0 else None,
+                               lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                               weight_decay=weight_decay, maximize=maximize, first_step=first)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
-from .optimizer import Optimizer, check_betas, check_fused, check_number, zeros_like_param
+from .optimizer import Optimizer, check_betas, check_number
 
 
 class SparseAdam(Optimizer):
@@ -30,7 +30,13 @@ class SparseAdam(Optimizer):
     which differs slightly from :class:`Adam` where it is added after the correction.
     There is no weight decay (it would touch every row). Dense gradients are rejected
     (use :class:`Adam`), as in PyTorch.
+
+    **No fused update**: the cost is already proportional to the touched rows, which a
+    flat-buffer kernel over the whole table would not be. ``fused=None`` and ``False``
+    take the reference; ``fused=True`` raises a ``ValueError``.
     """
+
+    _has_fused_kernel = False
 
     def __init__(self, params, lr: float = 1e-3, *, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  maximize: bool = False, fused=None):
@@ -55,20 +61,22 @@ class SparseAdam(Optimizer):
         for p in params:
             state = self.state.get(p)
             if not state:
-                state = self.state[p] = {"step": 0, "exp_avg": zeros_like_param(p), "exp_avg_sq": zeros_like_param(p)}
+                state = self.state[p] = {"step": 0, "exp_avg": self._new_state(p, "exp_avg"),
+                                         "exp_avg_sq": self._new_state(p, "exp_avg_sq")}
             state["step"] += 1
             states.append(state)
         beta1, beta2 = group["betas"]
         sparse_adam([p.data for p in params], grads, [s["exp_avg"] for s in states],
                     [s["exp_avg_sq"] for s in states], [s["step"] for s in states], lr=group["lr"], beta1=beta1,
-                    beta2=beta2, eps=group["eps"], maximize=group["maximize"], fused=self.fused)
+                    beta2=beta2, eps=group["eps"], maximize=group["maximize"], fused=False)
 
 
 def sparse_adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list, *, lr: float,
-                beta1: float, beta2: float, eps: float, maximize: bool, fused: bool | None = False) -> None:
-    """Functional lazy Adam over raw arrays and ``SparseRowGrad``s; the one place that chooses
-    the implementation."""
-    check_fused(fused)
+                beta1: float, beta2: float, eps: float, maximize: bool, fused: bool = False) -> None:
+    """Functional lazy Adam over raw arrays and ``SparseRowGrad``s: the reference only."""
+    if fused:
+        raise ValueError("sparse_adam has no fused update (it updates only the rows of a sparse gradient); "
+                         "use fused=False")
     _single_tensor_sparse_adam(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2,
                                eps=eps, maximize=maximize)
 
