@@ -244,10 +244,15 @@ def _mean_and_spread(x, factors, mean_out):
 # Public functions (same signatures as reference.py; NumPy arrays only)
 # --------------------------------------------------------------------------------------
 
-# Below this many elements a call runs its loop on the calling thread only: waking the
-# other threads costs ~10-20 us (and far more, up to milliseconds, when the cores are busy
-# with other processes), more than a single core needs for 32k elements of Adam.
-PARALLEL_MIN_SIZE = 1 << 15
+# Below this many elements a call runs its loop on the calling thread only. Waking the
+# other threads costs ~10-20 us alone, and far more inside a training step: the update
+# follows the backward pass's matrix products, whose BLAS threads keep spinning on every
+# core for a while, so a Numba parallel region waits for the scheduler. Measured on the
+# 2-core development machine (SGD momentum, float32): 270k parameters 0.10 ms on 2 threads
+# alone, 7-18 ms on 2 threads right after a matmul, 0.15-0.6 ms on 1 thread either way;
+# at 2M, 2.2-2.6 ms on 1 thread against 13-16 ms on 2 threads under load; at 10M, 2
+# threads still win (31-37 ms against 37-53 ms under load).
+PARALLEL_MIN_SIZE = 1 << 22
 
 
 def _run(loop, args, size=None):

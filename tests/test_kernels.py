@@ -111,8 +111,8 @@ def test_multithreaded_cpu_path_matches_reference(kind, hyper, monkeypatch):
     monkeypatch.setattr(cpu, "PARALLEL_MIN_SIZE", 0)
     runs = _run_both(kind, hyper, True, steps=20, size=1001)
     np.testing.assert_allclose(runs["fused"][0], runs["reference"][0], rtol=1e-6, atol=0)
-    monkeypatch.undo()
-    runs = _run_both(kind, hyper, True, steps=5, size=cpu.PARALLEL_MIN_SIZE + 3)
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_SIZE", 1000)  # one buffer just above the threshold
+    runs = _run_both(kind, hyper, True, steps=5, size=1003)
     np.testing.assert_allclose(runs["fused"][0], runs["reference"][0], rtol=1e-6, atol=0)
     for name in runs["reference"][1]:
         np.testing.assert_allclose(runs["fused"][1][name], runs["reference"][1][name], rtol=1e-6, atol=0)

@@ -241,23 +241,25 @@ def test_a_gap_in_the_gradients_splits_the_call(monkeypatch):
 
 
 def test_small_updates_run_on_one_thread_and_restore_the_setting(monkeypatch):
-    """Below flat.PARALLEL_MIN_SIZE elements the kernel runs single-threaded (a parallel
+    """Below cpu.PARALLEL_MIN_SIZE elements the kernel loop runs single-threaded (a parallel
     region after BLAS calls waits for the scheduler); the thread setting is restored."""
     numba = pytest.importorskip("numba")
+    from tinygrad_sgd.kernels import cpu
+
     seen = []
-    original = kernels.sgd_update
+    original = cpu._sgd_loop
 
-    def spy(*args, **kw):
+    def spy(*args):
         seen.append(numba.get_num_threads())
-        return original(*args, **kw)
+        return original(*args)
 
-    monkeypatch.setattr(kernels, "sgd_update", spy)
+    monkeypatch.setattr(cpu, "_sgd_loop", spy)
     model = mlp()
     opt = tg.optim.SGD(model.parameters(), lr=0.1)
     before = numba.get_num_threads()
     model(tg.randn(2, 6)).sum().backward()
     opt.step()
-    monkeypatch.setattr(flat_module, "PARALLEL_MIN_SIZE", 0)
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_SIZE", 0)
     opt.step()
     assert seen == [1, before] and numba.get_num_threads() == before
 

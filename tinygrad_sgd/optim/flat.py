@@ -76,46 +76,24 @@ def unsupported_reason(p: Tensor) -> str | None:
     return None
 
 
-# Below this many elements a fused CPU update runs on the calling thread only. The kernels'
-# own cut-off (kernels/cpu.py, 32k elements) is right for a kernel timed alone, but in a
-# training step the update follows the backward pass's matrix products, whose BLAS threads
-# keep spinning on every core for a while; a Numba parallel region then has to wait for
-# the scheduler. Measured on the 2-core development machine (SGD momentum, float32):
-# 270k parameters 0.10 ms on 2 threads alone, 7-18 ms on 2 threads right after a matmul,
-# 0.15-0.6 ms on 1 thread either way; at 2M, 2.2-2.6 ms on 1 thread against 13-16 ms on 2
-# threads under load; at 10M, 2 threads still win (31-37 ms against 37-53 ms under load).
-PARALLEL_MIN_SIZE = 1 << 22
-
-
 class KernelContext:
-    """Where a fused kernel called inside runs: on the array's GPU for a CuPy array; for a
-    NumPy array smaller than :data:`PARALLEL_MIN_SIZE`, on the calling thread only.
+    """Where a fused kernel called inside runs: a CuPy array's own GPU (the CPU kernels
+    pick their thread count themselves, see ``kernels/cpu.py`` ``PARALLEL_MIN_SIZE``).
     (A plain class: a generator-based context manager costs microseconds per call.)"""
 
-    __slots__ = ("array", "threads", "device")
+    __slots__ = ("array", "device")
 
     def __init__(self, array):
         self.array = array
-        self.threads = self.device = None
+        self.device = None
 
     def __enter__(self):
-        array = self.array
-        if isinstance(array, np.ndarray):
-            if array.size < PARALLEL_MIN_SIZE:
-                import numba  # imported already (only fused updates get here); a dict lookup
-
-                self.threads = numba.get_num_threads()  # per-thread setting: restoring it is enough
-                numba.set_num_threads(1)
-        else:
-            self.device = backend.device_context(backend.device_of(array))
+        if not isinstance(self.array, np.ndarray):
+            self.device = backend.device_context(backend.device_of(self.array))
             self.device.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if self.threads is not None:
-            import numba
-
-            numba.set_num_threads(self.threads)
         if self.device is not None:
             return self.device.__exit__(*exc)
         return False
