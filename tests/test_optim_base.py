@@ -2,7 +2,6 @@
 switch, state_dict / load_state_dict (plain data, validation, bit-for-bit resume) and the
 linear-scaling helpers."""
 
-import io
 
 import numpy as np
 import pytest
@@ -233,32 +232,8 @@ def make_run(name, seed=0):
     return opt, params, train
 
 
-def npz_roundtrip(state_dict):
-    """Save an optimizer state dict to .npz with allow_pickle=False and read it back
-    (the flattening a checkpoint writer would do: one array per leaf)."""
-    arrays = {}
-    for index, entries in state_dict["state"].items():
-        for name, value in entries.items():
-            arrays[f"state/{index}/{name}"] = np.asarray(value)
-    for g, group in enumerate(state_dict["param_groups"]):
-        for key, value in group.items():
-            arrays[f"group/{g}/{key}"] = np.asarray(value)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    buffer.seek(0)
-    loaded = np.load(buffer, allow_pickle=False)
-    out = {"state": {}, "param_groups": [{} for _ in state_dict["param_groups"]]}
-    for key in loaded.files:
-        kind, i, name = key.split("/")
-        if kind == "state":
-            out["state"].setdefault(int(i), {})[name] = loaded[key]
-        else:
-            out["param_groups"][int(i)][name] = loaded[key]
-    return out
-
-
 @pytest.mark.parametrize("name", ALL)
-def test_resume_from_state_dict_is_bit_for_bit(name):
+def test_resume_from_state_dict_is_bit_for_bit(name, npz_roundtrip):
     opt, params, train = make_run(name)
     train(20, 0)
     expected = [p.detach().numpy().copy() for p in params]

@@ -14,7 +14,6 @@ updated by one Numba kernel call per parameter group, against the reference upda
 * sparse gradients, float16, no Numba: reference fallback or a clear error.
 """
 
-import io
 
 import numpy as np
 import pytest
@@ -267,29 +266,6 @@ def test_small_updates_run_on_one_thread_and_restore_the_setting(monkeypatch):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def npz_roundtrip(state_dict):
-    """Through an .npz file with allow_pickle=False, one array per leaf (as a checkpoint)."""
-    arrays = {}
-    for index, entries in state_dict["state"].items():
-        for name, value in entries.items():
-            arrays[f"state/{index}/{name}"] = np.asarray(value)
-    for g, group in enumerate(state_dict["param_groups"]):
-        for key, value in group.items():
-            arrays[f"group/{g}/{key}"] = np.asarray(value)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    buffer.seek(0)
-    loaded = np.load(buffer, allow_pickle=False)
-    out = {"state": {}, "param_groups": [{} for _ in state_dict["param_groups"]]}
-    for key in loaded.files:
-        kind, i, name = key.split("/")
-        if kind == "state":
-            out["state"].setdefault(int(i), {})[name] = loaded[key]
-        else:
-            out["param_groups"][int(i)][name] = loaded[key]
-    return out
-
-
 class Run:
     """A model, an optimizer and a stream of batches that depends only on the step number."""
 
@@ -319,7 +295,7 @@ class Run:
 
 
 @pytest.mark.parametrize("name,kw", ONE_EACH, ids=[n for n, _ in ONE_EACH])
-def test_fused_resume_is_bit_for_bit(name, kw):
+def test_fused_resume_is_bit_for_bit(name, kw, npz_roundtrip):
     expected = Run(name, kw, True).train(0, 20).weights()
     first = Run(name, kw, True).train(0, 9)
     saved, weights = npz_roundtrip(first.opt.state_dict()), first.weights()
@@ -337,7 +313,7 @@ def test_fused_resume_is_bit_for_bit(name, kw):
 
 
 @pytest.mark.parametrize("name,kw", ONE_EACH, ids=[n for n, _ in ONE_EACH])
-def test_fused_and_reference_checkpoints_are_interchangeable(name, kw):
+def test_fused_and_reference_checkpoints_are_interchangeable(name, kw, npz_roundtrip):
     fused, reference = Run(name, kw, True).train(0, 8), Run(name, kw, False).train(0, 8)
     sd_fused, sd_reference = fused.opt.state_dict(), reference.opt.state_dict()
     assert sd_fused["param_groups"] == sd_reference["param_groups"]

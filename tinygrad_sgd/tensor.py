@@ -631,7 +631,7 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs: Tensor, **params) -> Tensor:
-        # This runs for every op, forward and backward: kept free of helper calls.
+        # This runs for every op, forward and backward: keep it lean.
         device = inputs[0]._device
         if len(inputs) > 1:
             for other in inputs:
@@ -650,13 +650,7 @@ class Function:
             raise ValueError(f"{cls.__name__}: {error} (input shapes {shapes})") from None
         if out.__class__ is not np.ndarray and isinstance(out, np.generic):  # NumPy gives scalars for 0-d
             out = np.asarray(out)
-        result = object.__new__(Tensor)
-        result.data = out
-        result.grad = None
-        result._ctx = None
-        result._device = device
-        result._retains_grad = False
-        result._requires_grad = False
+        result = Tensor._make(out, device)
         if _grad_enabled and out.dtype.kind == "f":  # integer/bool results carry no gradient
             for t in inputs:
                 if t._requires_grad:  # record the op only when a gradient can flow
