@@ -413,6 +413,12 @@ def _momentum_key(optimizer: Optimizer) -> str:
     return "betas" if "betas" in optimizer.defaults else "momentum"
 
 
+def _momentum_range(optimizer: Optimizer, base_momentum, max_momentum) -> tuple[list, list]:
+    """Per-group momentum bounds of a cycling schedule, each checked to lie in [0, 1]."""
+    return ([_check_real("base_momentum", v, 0.0, 1.0) for v in _per_group("base_momentum", optimizer, base_momentum)],
+            [_check_real("max_momentum", v, 0.0, 1.0) for v in _per_group("max_momentum", optimizer, max_momentum)])
+
+
 def _set_momentum(group: dict, use_beta1: bool, momentum: float) -> None:
     if use_beta1:
         group["betas"] = (momentum, *group["betas"][1:])
@@ -466,10 +472,7 @@ class CyclicLR(LRScheduler):
             raise ValueError(f"scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}")
         use_beta1 = _momentum_key(optimizer) == "betas" if cycle_momentum else False
         if cycle_momentum:
-            base_momentums = [_check_real("base_momentum", v, 0.0, 1.0)
-                              for v in _per_group("base_momentum", optimizer, base_momentum)]
-            max_momentums = [_check_real("max_momentum", v, 0.0, 1.0)
-                             for v in _per_group("max_momentum", optimizer, max_momentum)]
+            base_momentums, max_momentums = _momentum_range(optimizer, base_momentum, max_momentum)
         # all checks done: now change the optimizer
         self.optimizer = optimizer
         if last_epoch == -1:
@@ -574,10 +577,7 @@ class OneCycleLR(LRScheduler):
         max_lrs = [_check_real("max_lr", v, low=0.0) for v in _per_group("max_lr", optimizer, max_lr)]
         use_beta1 = _momentum_key(optimizer) == "betas" if cycle_momentum else False
         if cycle_momentum:
-            max_momentums = [_check_real("max_momentum", v, 0.0, 1.0)
-                             for v in _per_group("max_momentum", optimizer, max_momentum)]
-            base_momentums = [_check_real("base_momentum", v, 0.0, 1.0)
-                              for v in _per_group("base_momentum", optimizer, base_momentum)]
+            base_momentums, max_momentums = _momentum_range(optimizer, base_momentum, max_momentum)
         # all checks done: now change the optimizer
         self.optimizer = optimizer
         total = self.total_steps
