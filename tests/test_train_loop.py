@@ -18,14 +18,12 @@ def digits_subset(n=256, seed=0):
     return x[:n], y[:n]
 
 
-def build_run(dtype=tg.float32, batch_size=16, accumulation_schedule=None, seed=0):
+def build_run(batch_size=16, seed=0):
     """Model, optimizer, per-step scheduler and loader for a small run; everything that
     draws random numbers (init, dropout, shuffling) starts from tg.manual_seed(seed)."""
     tg.manual_seed(seed)
     x, y = digits_subset()
     model = tg.nn.Sequential(tg.nn.Linear(64, 32), tg.nn.ReLU(), tg.nn.Dropout(0.2), tg.nn.Linear(32, 10))
-    if dtype == tg.float64:
-        model = model.to(dtype=tg.float64) if hasattr(model, "to") else model
     opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     sched = tg.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=200)
     loader = tg.data.DataLoader(tg.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True)

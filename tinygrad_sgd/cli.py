@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--hidden", type=int, default=128, help="MLP hidden units (default 128)")
         sub.add_argument("--dropout", type=float, default=0.0)
         sub.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-        sub.add_argument("--lr", type=float, default=None, help="default: 0.05 for sgd, 0.003 otherwise")
+        sub.add_argument("--lr", type=float, default=None, help="default: 0.05 for sgd and adagrad, 0.003 otherwise")
         sub.add_argument("--momentum", type=float, default=0.9, help="SGD/RMSprop momentum (default 0.9)")
         sub.add_argument("--nesterov", action="store_true")
         sub.add_argument("--weight-decay", type=float, default=0.0)
@@ -84,7 +84,7 @@ def make_model(args, tg):
 
 
 def make_optimizer(args, tg, params):
-    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.003)
+    lr = args.lr if args.lr is not None else (0.05 if args.optimizer in ("sgd", "adagrad") else 0.003)
     optim = tg.optim
     if args.optimizer == "sgd":
         return optim.SGD(params, lr=lr, momentum=args.momentum, nesterov=args.nesterov,
