@@ -419,6 +419,14 @@ def _momentum_range(optimizer: Optimizer, base_momentum, max_momentum) -> tuple[
             [_check_real("max_momentum", v, 0.0, 1.0) for v in _per_group("max_momentum", optimizer, max_momentum)])
 
 
+def _begin_momentum_cycle(optimizer: Optimizer, use_beta1: bool, base_momentums: list, max_momentums: list) -> None:
+    """Start every group at its maximum momentum and record both bounds in the group (as torch)."""
+    for m_max, m_base, group in zip(max_momentums, base_momentums, optimizer.param_groups):
+        _set_momentum(group, use_beta1, m_max)
+        group["max_momentum"] = m_max
+        group["base_momentum"] = m_base
+
+
 def _set_momentum(group: dict, use_beta1: bool, momentum: float) -> None:
     if use_beta1:
         group["betas"] = (momentum, *group["betas"][1:])
@@ -492,10 +500,7 @@ class CyclicLR(LRScheduler):
             self.base_momentums = base_momentums
             self.max_momentums = max_momentums
             if last_epoch == -1:
-                for m_max, m_base, group in zip(max_momentums, base_momentums, optimizer.param_groups):
-                    _set_momentum(group, use_beta1, m_max)
-                    group["max_momentum"] = m_max
-                    group["base_momentum"] = m_base
+                _begin_momentum_cycle(optimizer, use_beta1, base_momentums, max_momentums)
         super().__init__(optimizer, last_epoch)
         self.base_lrs = base_lrs
 
@@ -607,10 +612,7 @@ class OneCycleLR(LRScheduler):
         if cycle_momentum:
             self.use_beta1 = use_beta1
             if last_epoch == -1:
-                for m_max, m_base, group in zip(max_momentums, base_momentums, optimizer.param_groups):
-                    _set_momentum(group, use_beta1, m_max)
-                    group["max_momentum"] = m_max
-                    group["base_momentum"] = m_base
+                _begin_momentum_cycle(optimizer, use_beta1, base_momentums, max_momentums)
         super().__init__(optimizer, last_epoch)
 
     def _anneal(self, start: float, end: float, pct: float) -> float:
