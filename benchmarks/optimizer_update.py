@@ -65,11 +65,11 @@ def _median_rounds(columns: dict, rounds: int) -> dict:
     return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
-def _cpu_columns(kind, hyper, torch_name, torch_kwargs, size, dtype, rng):
-    p0 = rng.standard_normal(size).astype(dtype)
-    g = (1e-3 * rng.standard_normal(size)).astype(dtype)
+def _update_columns(implementations, kind, hyper, p0, g, sync=None) -> dict:
+    """One timed callable per (label, kernel module): each steps its own copy of the
+    parameters and state, then waits for the device when ``sync`` is given."""
     columns = {}
-    for label, module in (("numpy", reference), ("fused", cpu)):
+    for label, module in implementations:
         p = p0.copy()
         state = harness.init_state(kind, p, hyper)
         counter = {"step": 0}
@@ -77,7 +77,16 @@ def _cpu_columns(kind, hyper, torch_name, torch_kwargs, size, dtype, rng):
         def run(module=module, p=p, state=state, counter=counter):
             counter["step"] += 1
             harness.update(module, kind, p, g, state, counter["step"], hyper)
+            if sync is not None:
+                sync()
         columns[label] = run
+    return columns
+
+
+def _cpu_columns(kind, hyper, torch_name, torch_kwargs, size, dtype, rng):
+    p0 = rng.standard_normal(size).astype(dtype)
+    g = (1e-3 * rng.standard_normal(size)).astype(dtype)
+    columns = _update_columns((("numpy", reference), ("fused", cpu)), kind, hyper, p0, g)
     written = 1 + len(harness.needed_state(kind, hyper))
     floor_buffers = tuple(p0.copy() for _ in range(written))
     columns["floor"] = lambda: _floor_cpu(g, floor_buffers)
@@ -104,17 +113,8 @@ def _gpu_columns(kind, hyper, size, dtype, rng):
 
     p0 = cupy.asarray(rng.standard_normal(size).astype(dtype))
     g = cupy.asarray((1e-3 * rng.standard_normal(size)).astype(dtype))
-    columns = {}
-    for label, module in (("gpu numpy-style", reference), ("gpu fused", kernels)):
-        p = p0.copy()
-        state = harness.init_state(kind, p, hyper)
-        counter = {"step": 0}
-
-        def run(module=module, p=p, state=state, counter=counter):
-            counter["step"] += 1
-            harness.update(module, kind, p, g, state, counter["step"], hyper)
-            cupy.cuda.get_current_stream().synchronize()
-        columns[label] = run
+    columns = _update_columns((("gpu numpy-style", reference), ("gpu fused", kernels)), kind, hyper, p0, g,
+                              sync=cupy.cuda.get_current_stream().synchronize)
     written = 1 + len(harness.needed_state(kind, hyper))
     buffers = [p0.copy() for _ in range(written)]
     names = [f"b{k}" for k in range(written)]
