@@ -227,3 +227,9 @@ def test_cli_rejects_bad_values():
         cli.main(["train", "--epochs", "0"])
     with pytest.raises(SystemExit):
         cli.main(["train", "--optimizer", "lbfgs"])
+
+
+def test_bench_names_the_available_benchmarks_when_asked_for_an_unknown_one(capsys):
+    assert cli.main(["bench", "no_such_benchmark"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown benchmarks ['no_such_benchmark']" in err and "op_overhead" in err and "mlp_train" in err
