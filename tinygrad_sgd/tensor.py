@@ -105,15 +105,14 @@ class Tensor:
             backend.device_of(data) if backend.is_array(data) else backend.default_device())
         xp = backend.get_array_module(target_device)
         if backend.is_array(data):
-            array = backend.to_device(data, target_device)
+            array = data
         else:
             try:
                 array = np.asarray(data)
             except (ValueError, TypeError) as error:
                 raise TypeError(f"Tensor: cannot build a tensor from {type(data).__name__}: {error}") from None
-            _check_dtype(array.dtype)
-            array = backend.to_device(array, target_device)
-        _check_dtype(array.dtype)
+        _check_dtype(array.dtype)  # before any copy to a device
+        array = backend.to_device(array, target_device)
         dtype = _check_dtype(np.dtype(dtype)) if dtype is not None else _default_dtype_for(array)
         with backend.device_context(target_device):
             array = xp.array(array, dtype=dtype, copy=True)
