@@ -75,6 +75,20 @@ def _check_dtype(dtype: np.dtype, what: str = "Tensor") -> np.dtype:
     return dtype
 
 
+def as_raw_array(data, what: str):
+    """``data`` (a NumPy/CuPy array, or a list/scalar made into a NumPy array) with its
+    dtype checked; ``what`` names the caller in the errors."""
+    if backend.is_array(data):
+        array = data
+    else:
+        try:
+            array = np.asarray(data)
+        except (ValueError, TypeError) as error:
+            raise TypeError(f"{what}: cannot build a tensor from {type(data).__name__}: {error}") from None
+    _check_dtype(array.dtype, what)
+    return array
+
+
 def _default_dtype_for(array) -> np.dtype:
     """float data -> float32 (the deep-learning default); ints and bools keep their type."""
     return float32 if array.dtype.kind == "f" else array.dtype
@@ -104,15 +118,7 @@ class Tensor:
         target_device = backend.parse_device(device) if device is not None else (
             backend.device_of(data) if backend.is_array(data) else backend.default_device())
         xp = backend.get_array_module(target_device)
-        if backend.is_array(data):
-            array = data
-        else:
-            try:
-                array = np.asarray(data)
-            except (ValueError, TypeError) as error:
-                raise TypeError(f"Tensor: cannot build a tensor from {type(data).__name__}: {error}") from None
-        _check_dtype(array.dtype)  # before any copy to a device
-        array = backend.to_device(array, target_device)
+        array = backend.to_device(as_raw_array(data, "Tensor"), target_device)  # checked before any copy
         dtype = _check_dtype(np.dtype(dtype)) if dtype is not None else _default_dtype_for(array)
         with backend.device_context(target_device):
             array = xp.array(array, dtype=dtype, copy=True)

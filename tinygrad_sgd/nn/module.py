@@ -20,7 +20,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor, _check_dtype, float32, float64, no_grad
+from ..tensor import Tensor, _check_dtype, as_raw_array, float32, float64, no_grad
 
 
 class Parameter(Tensor):
@@ -57,15 +57,7 @@ def _as_array(value, key: str):
     """A raw array from a state-dict value (NumPy/CuPy array, Tensor or nested list)."""
     if isinstance(value, Tensor):
         return value.data
-    if backend.is_array(value):
-        array = value
-    else:
-        try:
-            array = np.asarray(value)
-        except (TypeError, ValueError) as error:
-            raise TypeError(f"load_state_dict: value for '{key}' is not an array: {error}") from None
-    _check_dtype(array.dtype, f"load_state_dict: value for '{key}'")
-    return array
+    return as_raw_array(value, f"load_state_dict: value for '{key}'")
 
 
 class Module:
