@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import get_array_module, index_add, to_device
-from .tensor import Function, Tensor, _as_tensor
+from .tensor import Function, Tensor, _as_tensor, is_grad_enabled
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -286,7 +286,8 @@ class ReLU(Function):
         return get_array_module(x).maximum(x, 0)
 
     def backward(self, grad):
-        return (grad * constant(self.inputs[0].data > 0, grad),)
+        mask = self.inputs[0].data > 0
+        return (grad.data * mask if not is_grad_enabled() else grad * constant(mask, grad),)
 
 
 class LeakyReLU(Function):

@@ -628,7 +628,11 @@ class Function:
 
     Subclasses define ``forward(self, *arrays, **params) -> array`` and
     ``backward(self, grad: Tensor) -> tuple`` returning one gradient (Tensor or None)
-    per input. ``self.inputs`` holds the input tensors, ``self.output`` the output tensor
+    per input. Built from Tensor ops, a backward can itself be recorded
+    (``create_graph=True``). When it is not (``is_grad_enabled()`` is False, the usual
+    ``loss.backward()``), a hot op may apply the same formulas to the raw arrays
+    (``grad.data``, ``input.data``) and return raw arrays, which the engine wraps: that
+    skips one Tensor dispatch per formula term. ``self.inputs`` holds the input tensors, ``self.output`` the output tensor
     (while it is alive), ``self.needs_input_grad`` which inputs want a gradient.
     """
 
@@ -832,6 +836,8 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
             for parent, pg in zip(ctx.inputs, input_grads):
                 if pg is None or not parent._requires_grad:
                     continue
+                if not isinstance(pg, (Tensor, SparseRowGrad)):  # a raw array from a plain backward
+                    pg = Tensor._make(pg, parent._device)
                 if parent._ctx is None:
                     deliver(parent, pg)
                 else:

@@ -101,13 +101,16 @@ class _Linear(Function):
 
     def backward(self, grad):
         x, weight = self.inputs[0], self.inputs[1]
+        if not is_grad_enabled():  # nothing records this backward: same formulas, raw arrays
+            grad, x, weight = grad.data, x.data, weight.data
         needs = self.needs_input_grad
+        out_features, in_features = weight.shape
         grad_x = grad @ weight if needs[0] else None
         grad_w = grad_b = None
         if needs[1] or (len(needs) > 2 and needs[2]):
-            g2 = grad.reshape(-1, weight.data.shape[0])
+            g2 = grad.reshape(-1, out_features)
             if needs[1]:
-                grad_w = g2.T @ x.reshape(-1, weight.data.shape[1])
+                grad_w = g2.T @ x.reshape(-1, in_features)
             if len(needs) > 2 and needs[2]:
                 grad_b = g2.sum(axis=0)
         return (grad_x, grad_w, grad_b)[:len(self.inputs)]
@@ -115,6 +118,24 @@ class _Linear(Function):
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``input @ weight.T + bias`` (``torch.nn.functional.linear``); weight is ``(out, in)``."""
+    # One combined test on the raw arrays (this runs for every layer of every step); the
+    # checks that name the problem run only when it fails.
+    try:
+        x, w = input.data, weight.data
+        fits = (x.dtype.kind == "f" and w.dtype == x.dtype and w.ndim == 2 and x.ndim > 0
+                and x.shape[-1] == w.shape[1]
+                and (bias is None or (bias.data.dtype == x.dtype and bias.data.shape == w.shape[:1])))
+        fits = fits and isinstance(input, Tensor) and isinstance(weight, Tensor) and (
+            bias is None or isinstance(bias, Tensor))
+    except AttributeError:
+        fits = False
+    if not fits:
+        _linear_argument_error(input, weight, bias)
+    return _Linear.apply(input, weight) if bias is None else _Linear.apply(input, weight, bias)
+
+
+def _linear_argument_error(input, weight, bias) -> None:
+    """Raise the error that names what is wrong with ``linear``'s arguments."""
     _require_float(input, "input", "linear")
     _require_float(weight, "weight", "linear")
     if weight.ndim != 2:
@@ -123,12 +144,12 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(f"linear: expected input with last dimension {weight.shape[1]} (in_features), "
                          f"got shape {input.shape}")
     _same_dtype(input, weight, "linear")
-    if bias is None:
-        return _Linear.apply(input, weight)
     _require_float(bias, "bias", "linear")
     if bias.shape != (weight.shape[0],):
         raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
-    return _Linear.apply(input, weight, bias)
+    if bias.dtype != input.dtype:
+        raise TypeError(f"linear: bias dtype {bias.dtype} does not match input dtype {input.dtype}")
+    raise TypeError("linear: unsupported arguments")  # not reached: a check above names the problem
 
 
 # ----------------------------------------------------------------------------- conv helpers
@@ -806,10 +827,10 @@ def _one_hot(safe, classes: int, class_shape: tuple):
     return backend.get_array_module(safe).arange(classes).reshape(class_shape) == safe
 
 
-def _upstream(grad: Tensor, reduction: str, denominator: float) -> Tensor:
-    """Upstream gradient broadcastable over ``(N, C, d1, ...)``."""
+def _upstream(grad, reduction: str, denominator: float):
+    """Upstream gradient broadcastable over ``(N, C, d1, ...)`` (a Tensor or a raw array)."""
     if reduction == "none":
-        return grad.unsqueeze(1)
+        return grad.reshape(grad.shape[:1] + (1,) + grad.shape[1:])
     return grad * (1.0 / denominator) if reduction == "mean" else grad
 
 
@@ -866,10 +887,11 @@ class _CrossEntropy(Function):
     def backward(self, grad):
         logits = self.inputs[0]
         xp = backend.get_array_module(logits.data)
-        if self.plain and not is_grad_enabled():  # dz = softmax(z) - onehot(y)
+        if self.plain and not is_grad_enabled():  # dz = softmax(z) - onehot(y), on raw arrays
             core = xp.exp(self.logp)
             core[xp.arange(core.shape[0]), self.target] -= 1
-            return (constant(core, logits) * _upstream(grad, self.reduction, self.denominator),)
+            core *= _upstream(grad.data, self.reduction, self.denominator)
+            return (core,)
         if self.plain:  # create_graph: the general formula below, with its Tensor ops
             self._general_state(logits.data.shape[1])
         classes, e = logits.data.shape[1], self.e
