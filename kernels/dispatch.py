@@ -36,7 +36,14 @@ def _module(arrays):
             where = ("GPU", "CPU") if on_gpu else ("CPU", "GPU")
             raise ValueError(f"{first_name} is on the {where[0]} but {name} is on the {where[1]}; "
                              f"one update works on one device")
-    return importlib.import_module(".cuda" if on_gpu else ".cpu", __package__)
+    name = ".cuda" if on_gpu else ".cpu"
+    module = _imported.get(name)
+    if module is None:  # first use: import (and so compile or load) that side's kernels
+        module = _imported[name] = importlib.import_module(name, __package__)
+    return module
+
+
+_imported: dict = {}  # ".cpu" / ".cuda" -> the module (import_module is a lookup too slow for every call)
 
 
 def sgd_update(p, g, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,

@@ -274,17 +274,27 @@ class Optimizer:
         view a fused optimizer installed fits its parameter by construction."""
         params, grads = [], []
         where = flat.where if flat is not None else {}
+        dense_checked = False
         for p in group["params"]:
             grad = p.grad
             if grad is None:
                 continue
-            if where and isinstance(grad, Tensor):
-                pack, i = where[id(p)]
-                if grad.data is pack.grad_views[i]:
-                    params.append(p)
-                    grads.append(grad.data)
-                    continue
-            if isinstance(grad, SparseRowGrad):
+            if isinstance(grad, Tensor):  # the usual case, checked with raw attributes (this runs every step)
+                if where:
+                    pack, i = where[id(p)]
+                    if grad.data is pack.grad_views[i]:
+                        params.append(p)
+                        grads.append(grad.data)
+                        continue
+                if not dense_checked:
+                    self._check_dense(group)
+                    dense_checked = True
+                if grad.data.shape != p.data.shape:
+                    raise ValueError(f"gradient of shape {grad.shape} for a parameter of shape {p.shape}")
+                if grad._device != p._device:
+                    raise ValueError(f"gradient on {grad.device} for a parameter on {p.device}")
+                grads.append(grad.data)
+            elif isinstance(grad, SparseRowGrad):
                 self._check_sparse(group)
                 if grad.shape != p.shape:
                     raise ValueError(f"sparse gradient of shape {grad.shape} for a parameter of shape {p.shape}")
@@ -292,14 +302,7 @@ class Optimizer:
                     raise ValueError(f"sparse gradient on {grad.device} for a parameter on {p.device}")
                 grads.append(grad)
             else:
-                if not isinstance(grad, Tensor):
-                    raise ValueError(f"param.grad must be a Tensor or SparseRowGrad, got {type(grad).__name__}")
-                self._check_dense(group)
-                if grad.shape != p.shape:
-                    raise ValueError(f"gradient of shape {grad.shape} for a parameter of shape {p.shape}")
-                if grad.device != p.device:
-                    raise ValueError(f"gradient on {grad.device} for a parameter on {p.device}")
-                grads.append(grad.data)
+                raise ValueError(f"param.grad must be a Tensor or SparseRowGrad, got {type(grad).__name__}")
             params.append(p)
         return params, grads
 
