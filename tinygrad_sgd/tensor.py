@@ -753,9 +753,15 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
     ``.grad``: the gradient of each input is returned instead (None where unused), and
     only the part of the graph between the outputs and those inputs is run (and freed).
     """
-    grads: dict[int, Tensor] = {}
+    # Without create_graph nothing records the backward, so the gradients travel as raw
+    # arrays (wrapped in a Tensor only to call an op's backward and to become a .grad);
+    # with create_graph they are Tensors whose ops are recorded.
+    plain = not create_graph
+    grads: dict[int, object] = {}
     for out, g in zip(outputs, grad_outputs):
         g = _as_grad_tensor(g, out)
+        if plain:
+            g = g.data
         grads[id(out)] = grads[id(out)] + g if id(out) in grads else g
     order = _topological_order(outputs)
     wanted = {id(t): i for i, t in enumerate(inputs)} if inputs is not None else None
@@ -770,10 +776,12 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
     #   gradients still waiting to be used, so more gradient for it is added out of
     #   place. A .grad that existed before the call is the leaf's own and is added to in
     #   place, which keeps views into a fused optimizer's flat buffer views.
-    handed_out: set[int] = {id(_owner(g.data)) for g in grads.values()}
+    handed_out: set[int] = {id(_owner(g if plain else g.data)) for g in grads.values()}
     borrowed: set[int] = set()
 
     def deliver(tensor: Tensor, g) -> None:
+        """Hand ``g`` (a raw array when ``plain``, else a Tensor; or a SparseRowGrad) to
+        ``tensor``: into its ``.grad``, or into ``captured`` for autograd.grad."""
         if isinstance(g, SparseRowGrad):  # Embedding(sparse=True): only touched rows
             if create_graph or wanted is not None:
                 raise RuntimeError("sparse gradients support backward() only, not create_graph or autograd.grad")
@@ -789,28 +797,33 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
             return
         if isinstance(tensor.grad, SparseRowGrad):  # a dense gradient joins a sparse one
             tensor.grad = Tensor._make(tensor.grad.to_dense(), tensor._device)
-        if g.data.dtype != tensor.data.dtype:
+        if plain:
+            if g.dtype != tensor.data.dtype:
+                g = g.astype(tensor.data.dtype)
+        elif g.data.dtype != tensor.data.dtype:
             g = g.to(dtype=tensor.data.dtype)
         if wanted is not None:
             index = wanted.get(id(tensor))
             if index is not None:
+                if plain:
+                    g = Tensor._make(g, tensor._device)
                 captured[index] = g if captured[index] is None else captured[index] + g
             return
         if tensor.grad is None:
-            array = g.data
+            array = g if plain else g.data
             if not array.flags.writeable or id(_owner(array)) in handed_out:
                 # read-only broadcast view, or memory another leaf holds: copy it
-                g = ops.Clone.apply(g) if create_graph else Tensor._make(array.copy(), tensor._device)
-            handed_out.add(id(_owner(g.data)))
+                g = array.copy() if plain else ops.Clone.apply(g)
+            handed_out.add(id(_owner(g if plain else g.data)))
             borrowed.add(id(tensor))
-            tensor.grad = g if create_graph else Tensor._make(g.data, tensor._device)
+            tensor.grad = Tensor._make(g, tensor._device) if plain else g
         elif create_graph:  # a graph-carrying grad is never updated in place
             tensor.grad = tensor.grad + g
         elif id(tensor) in borrowed:
-            tensor.grad = Tensor._make(tensor.grad.data + g.data, tensor._device)  # now its own array
+            tensor.grad = Tensor._make(tensor.grad.data + g, tensor._device)  # now its own array
             borrowed.discard(id(tensor))
         else:
-            tensor.grad.data += g.data  # accumulate in place: .grad may be a view into a flat buffer
+            tensor.grad.data += g  # accumulate in place: .grad may be a view into a flat buffer
 
     global _grad_enabled
     previous_mode, _grad_enabled = _grad_enabled, create_graph
@@ -832,12 +845,14 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                 deliver(tensor, g)
             if above_wanted is not None and key not in above_wanted:
                 continue  # an asked-for intermediate with nothing asked for below it
-            input_grads = ctx.backward(g)
+            input_grads = ctx.backward(Tensor._make(g, tensor._device) if plain else g)
             for parent, pg in zip(ctx.inputs, input_grads):
                 if pg is None or not parent._requires_grad:
                     continue
-                if not isinstance(pg, (Tensor, SparseRowGrad)):  # a raw array from a plain backward
-                    pg = Tensor._make(pg, parent._device)
+                if plain and isinstance(pg, Tensor):  # an op whose backward built Tensors
+                    pg = pg.data
+                elif not plain and not isinstance(pg, (Tensor, SparseRowGrad)):
+                    pg = Tensor._make(pg, parent._device)  # (an op that computed raw arrays)
                 if parent._ctx is None:
                     deliver(parent, pg)
                 else:

@@ -794,7 +794,8 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 
 
 def _class_target(input: Tensor, target, fn: str, ignore_index: int):
-    """Validated class-index target: a raw int64 array of shape ``(N, d1, ...)``."""
+    """Validated class-index target: ``(array, may_ignore)`` with the raw int64 array of
+    shape ``(N, d1, ...)``, and False when no entry can equal ``ignore_index``."""
     if isinstance(target, Tensor) and target.device != input.device:
         raise RuntimeError(f"{fn}: target is on {target.device} but the input is on {input.device}")
     array = target.data if isinstance(target, Tensor) else (target if backend.is_array(target) else np.asarray(target))
@@ -808,12 +809,16 @@ def _class_target(input: Tensor, target, fn: str, ignore_index: int):
         raise ValueError(f"{fn}: target shape {tuple(array.shape)} does not match input shape {input.shape}: "
                          f"expected {expected} (the input without its class axis 1)")
     array = backend.to_device(array, input.device).astype(np.int64, copy=False)
-    bad = (array != ignore_index) & ((array < 0) | (array >= classes))
-    if bad.any():
-        value = int(array[bad].reshape(-1)[0])
-        raise IndexError(f"{fn}: target value {value} is out of range for {classes} classes "
-                         f"(valid: 0..{classes - 1}, or ignore_index={ignore_index})")
-    return array
+    # The usual case in one comparison: seen as unsigned, a negative index is huge, so
+    # ">= classes" flags both ends. Only then look for ignored entries and the culprit.
+    outside = bool((array.view(np.uint64) >= classes).any())
+    if outside:
+        bad = (array != ignore_index) & ((array < 0) | (array >= classes))
+        if bad.any():
+            value = int(array[bad].reshape(-1)[0])
+            raise IndexError(f"{fn}: target value {value} is out of range for {classes} classes "
+                             f"(valid: 0..{classes - 1}, or ignore_index={ignore_index})")
+    return array, outside or 0 <= ignore_index < classes
 
 
 def _log_softmax_array(logits):
@@ -851,7 +856,7 @@ class _CrossEntropy(Function):
     the summed weights of the non-ignored targets (their count when unweighted).
     """
 
-    def forward(self, logits, *, target, weight, ignore_index, reduction, label_smoothing):
+    def forward(self, logits, *, target, weight, ignore_index, may_ignore, reduction, label_smoothing):
         xp = backend.get_array_module(logits)
         classes = logits.shape[1]
         logp = _log_softmax_array(logits)
@@ -859,7 +864,7 @@ class _CrossEntropy(Function):
         # target -- is the textbook loss -log p[y] with gradient softmax - onehot; it gets
         # a short path of a few array ops (this loss runs once per training step).
         self.plain = (weight is None and label_smoothing == 0 and logits.ndim == 2
-                      and not bool((target == ignore_index).any()))
+                      and not (may_ignore and bool((target == ignore_index).any())))
         if self.plain:
             self.logp, self.target, self.reduction = logp, target, reduction
             picked = logp[xp.arange(logits.shape[0]), target]
@@ -1005,9 +1010,10 @@ def cross_entropy(input: Tensor, target, weight=None, ignore_index: int = -100, 
         out = _SoftCrossEntropy.apply(input, target_t, weight=class_w, reduction=reduction,
                                       label_smoothing=float(label_smoothing))
     else:
-        indices = _class_target(input, target, fn, ignore_index)
+        indices, may_ignore = _class_target(input, target, fn, ignore_index)
         out = _CrossEntropy.apply(input, target=indices, weight=class_w, ignore_index=ignore_index,
-                                  reduction=reduction, label_smoothing=float(label_smoothing))
+                                  may_ignore=may_ignore, reduction=reduction,
+                                  label_smoothing=float(label_smoothing))
     return out.reshape(()) if unbatched and reduction == "none" else out
 
 
@@ -1037,7 +1043,7 @@ def nll_loss(input: Tensor, target, weight=None, ignore_index: int = -100, reduc
     fn = "nll_loss"
     _check_reduction(reduction, fn)
     input, target, unbatched = _batched(input, target, fn)
-    indices = _class_target(input, target, fn, ignore_index)
+    indices, _ = _class_target(input, target, fn, ignore_index)
     out = _NLLLoss.apply(input, target=indices, weight=_class_weight(weight, input, fn), ignore_index=ignore_index,
                          reduction=reduction)
     return out.reshape(()) if unbatched and reduction == "none" else out
