@@ -149,109 +149,79 @@ _average = _inline(average_element)
 _PARALLEL = dict(parallel=True, cache=True, fastmath=False, error_model="numpy", nogil=True)
 
 
-# Every loop below takes a last argument ``threads``: 1 runs its prange on the calling
-# thread only, 0 on every thread Numba may use (see PARALLEL_MIN_SIZE). The count is set
-# and restored inside the compiled function: from Python, numba.get/set_num_threads take
-# a lock each, several microseconds per kernel call.
-@njit(inline="always")
-def _use_threads(threads):
-    """Set the thread count for this call's prange; returns the count to restore after."""
-    previous = numba.get_num_threads()
-    if threads > 0:
-        numba.set_num_threads(threads)
-    return previous
-
-
 @njit(**_PARALLEL)
 def _sgd_loop(p, g, buf, noise, grad_scale, weight_decay, momentum, one_minus_dampening, neg_lr, has_noise,
-              maximize, use_weight_decay, use_momentum, first_step, nesterov, threads):
-    previous = _use_threads(threads)
+              maximize, use_weight_decay, use_momentum, first_step, nesterov):
     for i in prange(p.size):
         gi = _grad(i, p, g, noise, grad_scale, weight_decay, has_noise, maximize, use_weight_decay)
         _sgd(i, gi, p, buf, momentum, one_minus_dampening, neg_lr, use_momentum, first_step, nesterov)
-    numba.set_num_threads(previous)
 
 
 @njit(**_PARALLEL)
 def _adam_loop(p, g, m, v, v_max, noise, grad_scale, weight_decay, decay_factor, one_minus_beta1, beta2,
                one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, has_noise, maximize, l2_decay,
-               decoupled_decay, amsgrad, threads):
-    previous = _use_threads(threads)
+               decoupled_decay, amsgrad):
     for i in prange(p.size):
         gi = _grad(i, p, g, noise, grad_scale, weight_decay, has_noise, maximize, l2_decay)
         _adam(i, gi, p, m, v, v_max, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
               bias_correction2_sqrt, eps, neg_step_size, decoupled_decay, amsgrad)
-    numba.set_num_threads(previous)
 
 
 @njit(**_PARALLEL)
 def _rmsprop_loop(p, g, square_avg, buf, grad_avg, noise, grad_scale, weight_decay, alpha, one_minus_alpha, eps,
-                  momentum, neg_lr, has_noise, maximize, use_weight_decay, use_momentum, centered, threads):
-    previous = _use_threads(threads)
+                  momentum, neg_lr, has_noise, maximize, use_weight_decay, use_momentum, centered):
     for i in prange(p.size):
         gi = _grad(i, p, g, noise, grad_scale, weight_decay, has_noise, maximize, use_weight_decay)
         _rmsprop(i, gi, p, square_avg, buf, grad_avg, alpha, one_minus_alpha, eps, momentum, neg_lr,
                  use_momentum, centered)
-    numba.set_num_threads(previous)
 
 
 @njit(**_PARALLEL)
 def _adagrad_loop(p, g, state_sum, noise, grad_scale, weight_decay, eps, neg_clr, has_noise, maximize,
-                  use_weight_decay, threads):
-    previous = _use_threads(threads)
+                  use_weight_decay):
     for i in prange(p.size):
         gi = _grad(i, p, g, noise, grad_scale, weight_decay, has_noise, maximize, use_weight_decay)
         _adagrad(i, gi, p, state_sum, eps, neg_clr)
-    numba.set_num_threads(previous)
 
 
 @njit(**_PARALLEL)
-def _accumulate_loop(acc, g, scale, first, threads):
-    previous = _use_threads(threads)
+def _accumulate_loop(acc, g, scale, first):
     for i in prange(acc.size):
         _accumulate(i, acc, g, scale, first)
-    numba.set_num_threads(previous)
 
 
 @njit(**_PARALLEL)
-def _average_loop(acc, count, threads):
-    previous = _use_threads(threads)
+def _average_loop(acc, count):
     for i in prange(acc.size):
         _average(i, acc, count)
-    numba.set_num_threads(previous)
 
 
 # Reductions accumulate in float64 whatever the input dtype: a float32 running sum over 10M
 # squares loses ~3 digits, the float64 one none that matter.
 
 @njit(**_PARALLEL)
-def _sum_of_squares(x, threads):
-    previous = _use_threads(threads)
+def _sum_of_squares(x):
     total = 0.0
     for i in prange(x.size):
         xi = np.float64(x[i])
         total += xi * xi
-    numba.set_num_threads(previous)
     return total
 
 
 @njit(**_PARALLEL)
-def _row_sums_of_squares(x, out, threads):
-    previous = _use_threads(threads)
+def _row_sums_of_squares(x, out):
     for b in prange(x.shape[0]):
         total = 0.0
         for j in range(x.shape[1]):
             xj = np.float64(x[b, j])
             total += xj * xj
         out[b] = total
-    numba.set_num_threads(previous)
 
 
 @njit(**_PARALLEL)
-def _mean_and_spread(x, factors, mean_out, threads):
+def _mean_and_spread(x, factors, mean_out):
     """mean_out[j] = sum_b factors[b]*x[b, j] / B; returns (sum_bj (f_b x_bj - mean_j)^2,
     sum_j mean_j^2), all in float64 (two passes over each column: numerically stable)."""
-    previous = _use_threads(threads)
     batch = x.shape[0]
     spread = 0.0
     mean_sq = 0.0
@@ -267,7 +237,6 @@ def _mean_and_spread(x, factors, mean_out, threads):
             d += e * e
         spread += d
         mean_sq += mu * mu
-    numba.set_num_threads(previous)
     return spread, mean_sq
 
 
@@ -289,7 +258,14 @@ PARALLEL_MIN_SIZE = 1 << 22
 def _run(loop, args, size=None):
     """``loop(*args)``, on one thread when the buffers (``args[0]`` unless ``size`` is
     given) are small."""
-    return loop(*args, 0 if (args[0].size if size is None else size) >= PARALLEL_MIN_SIZE else 1)
+    if (args[0].size if size is None else size) >= PARALLEL_MIN_SIZE:
+        return loop(*args)
+    threads = numba.get_num_threads()  # (a per-thread setting: restoring it is enough)
+    numba.set_num_threads(1)
+    try:
+        return loop(*args)
+    finally:
+        numba.set_num_threads(threads)
 
 
 def sgd_update(p, g, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
