@@ -43,7 +43,13 @@ def check_buffers(names_and_arrays, *, ndim: int = 1):
     """Check that the given buffers are float32/float64, C-contiguous, ``ndim``-D and
     share shape and dtype with the first one. Returns the common dtype."""
     first_name, first = names_and_arrays[0]
-    for name, array in names_and_arrays:
+    if type(first) is np.ndarray:  # the CPU case in one pass over the arrays' own attributes
+        dtype, shape = first.dtype, first.shape
+        if (dtype in FLOAT_DTYPES and len(shape) == ndim
+                and all(type(array) is np.ndarray and array.dtype == dtype and array.shape == shape
+                        and array.flags.c_contiguous for _, array in names_and_arrays)):
+            return dtype
+    for name, array in names_and_arrays:  # find and name the problem (and check GPU arrays)
         if not hasattr(array, "dtype") or not hasattr(array, "shape"):
             raise TypeError(f"{name} must be a NumPy or CUDA array, got {type(array).__name__}")
         if np.dtype(array.dtype) not in FLOAT_DTYPES:
