@@ -16,6 +16,7 @@ nothing.
 from __future__ import annotations
 
 import contextlib
+import sys
 import weakref
 
 import numpy as np
@@ -107,7 +108,8 @@ class Tensor:
     floating-point tensors can require gradients.
     """
 
-    __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_device", "_retains_grad", "__weakref__")
+    __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_device", "_retains_grad", "_grad_buffer",
+                 "__weakref__")
 
     # Let NumPy hand `ndarray * tensor` to Tensor.__rmul__ instead of looping over elements.
     __array_ufunc__ = None
@@ -130,6 +132,7 @@ class Tensor:
         self._ctx = None
         self._device = device
         self._retains_grad = False
+        self._grad_buffer = None
         self._requires_grad = False
         if requires_grad:
             self.requires_grad = True
@@ -143,6 +146,7 @@ class Tensor:
         tensor._ctx = None
         tensor._device = device
         tensor._retains_grad = False
+        tensor._grad_buffer = None
         tensor._requires_grad = requires_grad
         return tensor
 
@@ -433,6 +437,10 @@ class Tensor:
     def softplus(self, beta: float = 1.0, threshold: float = 20.0):
         return ops.Softplus.apply(self, beta=float(beta), threshold=float(threshold))
 
+    def pow(self, exponent):
+        """``self ** exponent`` (``torch.Tensor.pow``)."""
+        return self ** exponent
+
     def square(self):
         return ops.Mul.apply(self, self)
 
@@ -676,6 +684,25 @@ class Function:
         """The tensor this op produced (alive whenever its backward runs)."""
         return self._output_ref()
 
+    def grad_buffer(self, index: int):
+        """An array that input ``index``'s gradient may be written into (``out=``), or None.
+
+        A fused optimizer gives each parameter a :class:`GradBuffer`, its segment of the
+        flat gradient buffer. An op that computes a leaf's whole gradient in one array
+        op (``Linear``: ``dW = g^T x``) writes it there, and ``optimizer.step()`` then
+        finds the gradient in place instead of copying it. Handed out only in a plain
+        backward, to a leaf without a ``.grad``, once per backward pass (a weight used
+        twice gets a fresh array the second time), and only while nothing outside
+        holds that memory (see :meth:`GradBuffer.unshared`).
+        """
+        tensor = self.inputs[index]
+        buffer = tensor._grad_buffer
+        if (buffer is None or _open_grad_buffers is None or tensor.grad is not None or tensor._ctx is not None
+                or id(buffer) in _open_grad_buffers or not buffer.unshared()):
+            return None
+        _open_grad_buffers.add(id(buffer))
+        return buffer.array
+
     def forward(self, *arrays, **params):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -689,6 +716,37 @@ class Function:
 
 
 # ----------------------------------------------------------------------------- backward
+
+
+class GradBuffer:
+    """Memory that a leaf's next gradient may be computed into (see
+    :meth:`Function.grad_buffer`): ``array``, a view into ``owner``.
+
+    The buffer is reused step after step, so it may only be handed out while no one
+    outside holds it: a ``.grad`` Tensor kept from an earlier step, or any NumPy view of
+    that memory, would see its values change. Every such reference raises the reference
+    count of ``array`` (a Tensor or memoryview of it) or of ``owner`` (NumPy views keep a
+    reference to the array that owns the memory). :meth:`calibrate` records both counts
+    once every holder that belongs to the optimizer is in place; :meth:`unshared` is
+    True while they are unchanged.
+    """
+
+    __slots__ = ("array", "owner", "_array_refs", "_owner_refs")
+
+    def __init__(self, array, owner):
+        self.array, self.owner = array, owner
+        self._array_refs = self._owner_refs = -1
+
+    def calibrate(self) -> None:
+        self._array_refs = sys.getrefcount(self.array)
+        self._owner_refs = sys.getrefcount(self.owner)
+
+    def unshared(self) -> bool:
+        return sys.getrefcount(self.array) == self._array_refs and sys.getrefcount(self.owner) == self._owner_refs
+
+
+# ids of the GradBuffers handed out in the plain backward pass now running; None outside one
+_open_grad_buffers: set | None = None
 
 
 def _topological_order(roots: list[Tensor]) -> list[Tensor]:
@@ -811,7 +869,8 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
             return
         if tensor.grad is None:
             array = g if plain else g.data
-            if not array.flags.writeable or id(_owner(array)) in handed_out:
+            own_buffer = tensor._grad_buffer is not None and array is tensor._grad_buffer.array
+            if not own_buffer and (not array.flags.writeable or id(_owner(array)) in handed_out):
                 # read-only broadcast view, or memory another leaf holds: copy it
                 g = array.copy() if plain else ops.Clone.apply(g)
             handed_out.add(id(_owner(g if plain else g.data)))
@@ -825,8 +884,10 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
         else:
             tensor.grad.data += g  # accumulate in place: .grad may be a view into a flat buffer
 
-    global _grad_enabled
+    global _grad_enabled, _open_grad_buffers
     previous_mode, _grad_enabled = _grad_enabled, create_graph
+    previous_buffers = _open_grad_buffers
+    _open_grad_buffers = set() if plain and wanted is None else None
     try:
         for out in outputs:  # a root that is itself a leaf or an input
             if out._ctx is None and id(out) in grads:
@@ -861,7 +922,7 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
             if not retain_graph:
                 ctx.release()
     finally:
-        _grad_enabled = previous_mode
+        _grad_enabled, _open_grad_buffers = previous_mode, previous_buffers
     return captured
 
 

@@ -90,7 +90,9 @@ def _constant_like(value, like: Tensor, name: str, fn: str):
 class _Linear(Function):
     """``y = x W^T + b`` for ``x`` of shape ``(*, in)``, ``W`` of ``(out, in)``, ``b`` of ``(out,)``.
 
-    Backward: ``dx = g W``, ``dW = g^T x`` (leading axes flattened), ``db = sum(g)``.
+    Backward: ``dx = g W``, ``dW = g^T x`` (leading axes flattened), ``db = sum(g)``. In a
+    plain backward ``dW`` and ``db`` are computed straight into the fused optimizer's flat
+    gradient buffer when it offers one (:meth:`Function.grad_buffer`): no copy at ``step()``.
     """
 
     def forward(self, x, weight, bias=None):
@@ -101,7 +103,8 @@ class _Linear(Function):
 
     def backward(self, grad):
         x, weight = self.inputs[0], self.inputs[1]
-        if not is_grad_enabled():  # nothing records this backward: same formulas, raw arrays
+        plain = not is_grad_enabled()
+        if plain:  # nothing records this backward: same formulas, raw arrays
             grad, x, weight = grad.data, x.data, weight.data
         needs = self.needs_input_grad
         out_features, in_features = weight.shape
@@ -110,9 +113,12 @@ class _Linear(Function):
         if needs[1] or (len(needs) > 2 and needs[2]):
             g2 = grad.reshape(-1, out_features)
             if needs[1]:
-                grad_w = g2.T @ x.reshape(-1, in_features)
+                out = self.grad_buffer(1) if plain else None
+                x2 = x.reshape(-1, in_features)
+                grad_w = g2.T @ x2 if out is None else backend.get_array_module(x2).matmul(g2.T, x2, out=out)
             if len(needs) > 2 and needs[2]:
-                grad_b = g2.sum(axis=0)
+                out = self.grad_buffer(2) if plain else None
+                grad_b = g2.sum(axis=0) if out is None else g2.sum(axis=0, out=out)
         return (grad_x, grad_w, grad_b)[:len(self.inputs)]
 
 

@@ -26,7 +26,9 @@ What can go stale, and how it is caught:
   device or dtype changed). A new shape raises: the state no longer fits.
 * **Gradients** are whatever backward left in ``p.grad``. A gradient that already is the
   pack's view costs nothing; any other array is copied into the flat gradient buffer at
-  ``step()`` (see :meth:`Optimizer.zero_grad` for when gradients become views).
+  ``step()``. Backward computes gradients straight into the views where it can (each
+  parameter's ``_grad_buffer``, see ``FlatPack._offer_grad_buffers``); see
+  :meth:`Optimizer.zero_grad` for when gradients become views.
 * **State** entries replaced from outside (``load_state_dict``, the reference update of a
   sparse gradient, user code) are copied back into the flat state buffer
   (:meth:`FlatPack.adopt_state`) before the kernel runs.
@@ -50,7 +52,7 @@ from itertools import repeat
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor
+from ..tensor import GradBuffer, Tensor
 
 FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -177,6 +179,8 @@ class FlatPack:
                     p.data = view
             self.grad_flat = self.xp.zeros(self.size, dtype=self.dtype)
         self.grad_views = self._views(self.grad_flat)
+        if self.xp is np:
+            self._offer_grad_buffers()
         self.state_flat: dict[str, object] = {}
         self.state_views: dict[str, list] = {}
         self.all_indices = list(range(len(params)))
@@ -185,6 +189,18 @@ class FlatPack:
         self._known_dicts: list = []
         self._known_sizes: list = []
         self._known_views: tuple = ((), (), ())
+
+    def _offer_grad_buffers(self) -> None:
+        """Let backward compute each parameter's gradient straight into its segment of the
+        flat gradient buffer (``Tensor._grad_buffer``, see ``Function.grad_buffer``), so
+        that ``step()`` finds it in place instead of copying it: measured on the
+        784-256-256-10 MLP at batch 128, that copy was ~75-100 us of a ~300-500 us step.
+        CPU only: on a GPU the copy costs microseconds."""
+        self.grad_buffers = [GradBuffer(view, self.grad_flat) for view in self.grad_views]
+        for buffer in self.grad_buffers:  # once every holder that belongs to the pack exists
+            buffer.calibrate()
+        for p, buffer in zip(self.params, self.grad_buffers):
+            p._grad_buffer = buffer
 
     def _views(self, flat) -> list:
         return [flat[a:b].reshape(shape) for a, b, shape in zip(self.offsets, self.offsets[1:], self.shapes)]

@@ -235,8 +235,12 @@ class Optimizer:
         **Fused optimizers.** The semantics are the same (a parameter whose ``.grad`` is
         None is skipped, exactly as by the reference). What differs is the cost:
 
-        * ``set_to_none=True``: backward stores fresh arrays and ``step()`` copies them
-          into the flat gradient buffer (one pass over the gradients, per tensor).
+        * ``set_to_none=True``: on the CPU, an op that computes a parameter's whole
+          gradient in one array op (``Linear``'s ``dW`` and ``db``) writes it straight
+          into the parameter's segment of the flat gradient buffer, unless something
+          outside still holds that memory (a ``.grad`` kept from an earlier step keeps
+          its values: ``Function.grad_buffer``). Any other gradient arrives as a fresh
+          array and ``step()`` copies it into the buffer (one pass over it).
         * ``set_to_none=False``: after the next ``step()`` each ``.grad`` holds a view into
           the flat gradient buffer (the same Tensor object, same values); from then on
           this call zeroes the whole buffer at once, backward accumulates straight into
