@@ -8,8 +8,10 @@ Model: 784-256-256-10 ReLU MLP, cross-entropy, SGD with momentum 0.9 (PyTorch's
 convention), float32. Every framework sees the same batches in the same order (one
 permutation, sliced), so only the framework differs. Each configuration runs one warm-up
 epoch, then ``--epochs`` timed epochs, alternating frameworks epoch by epoch so a change in
-machine load hits all of them alike; the median epoch is reported. Targets: engine <=
-1.15x hand-written NumPy at batch 128, and faster than torch eager at every batch size.
+machine load hits all of them alike, with a short pause before each so that one
+framework's idle-spinning worker threads do not slow the next; the median epoch is
+reported. Targets: engine <= 1.15x hand-written NumPy at batch 128, and faster than torch
+eager at every batch size.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ except ImportError:
     torch = None
 
 LR, MOMENTUM = 0.01, 0.9
+SETTLE_S = 0.25  # pause before each timed epoch (see main)
 
 
 def engine_model(params):
@@ -119,6 +122,10 @@ def main() -> None:
         times = {name: [] for name in epochs}
         for _ in range(args.epochs):
             for name, run in epochs.items():
+                # Let the previous framework's worker threads go idle first: torch's
+                # OpenMP threads keep spinning for a while after its epoch and would
+                # slow down whichever framework ran next (the engine, in this order).
+                time.sleep(SETTLE_S)
                 start = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - start)
