@@ -47,20 +47,38 @@ def constant(array, like: Tensor) -> Tensor:
     return Tensor._make(array, like._device)
 
 
-def unbroadcast(grad: Tensor, shape: tuple) -> Tensor:
-    """Sum ``grad`` down to ``shape``: the gradient of broadcasting ``shape`` up to grad's shape.
+def plain_operands(grad: Tensor, *inputs: Tensor) -> tuple:
+    """``(grad, *inputs)`` for a backward formula: the raw arrays when nothing records the
+    backward (a plain ``loss.backward()``), else the Tensors themselves (``create_graph``).
+
+    Tensors and NumPy/CuPy arrays share ``+ - * / @``, ``reshape``, ``sum(axis=,
+    keepdims=)`` and ``shape``, so a formula written with those runs on either: recorded
+    as Tensor ops when it must be differentiable, and without a Tensor dispatch per term
+    when it need not be.
+    """
+    if is_grad_enabled():
+        return (grad, *inputs)
+    return (grad.data, *[t.data for t in inputs])
+
+
+def unbroadcast(grad, shape: tuple):
+    """Sum ``grad`` (a Tensor or a raw array) down to ``shape``: the gradient of
+    broadcasting ``shape`` up to grad's shape.
 
     Broadcasting copies a value along new leading axes and along size-1 axes, so its
     gradient adds up the copies: sum over the leading axes and over the axes where
     ``shape`` has 1 but ``grad`` does not.
     """
-    if grad.data.shape == shape:
+    if grad.shape == shape:
         return grad
-    lead = grad.data.ndim - len(shape)
+    lead = grad.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, size in enumerate(shape)
-                                      if size == 1 and grad.data.shape[lead + i] != 1)
-    summed = Sum.apply(grad, axis=axes, keepdims=True) if axes else grad
-    return summed.reshape(shape)
+                                      if size == 1 and grad.shape[lead + i] != 1)
+    if not axes:
+        return grad.reshape(shape)
+    if isinstance(grad, Tensor):
+        return Sum.apply(grad, axis=axes, keepdims=True).reshape(shape)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
 
 
 def _keepdims_shape(shape: tuple, axes: tuple) -> tuple:
@@ -75,6 +93,7 @@ class Add(Function):
         return a + b
 
     def backward(self, grad):
+        grad = plain_operands(grad)[0]
         a, b = self.inputs
         return unbroadcast(grad, a.data.shape), unbroadcast(grad, b.data.shape)
 
@@ -84,6 +103,7 @@ class Sub(Function):
         return a - b
 
     def backward(self, grad):
+        grad = plain_operands(grad)[0]
         a, b = self.inputs
         return (unbroadcast(grad, a.data.shape),
                 unbroadcast(-grad, b.data.shape) if self.needs_input_grad[1] else None)
@@ -94,9 +114,9 @@ class Mul(Function):
         return a * b
 
     def backward(self, grad):
-        a, b = self.inputs
-        return (unbroadcast(grad * b, a.data.shape) if self.needs_input_grad[0] else None,
-                unbroadcast(grad * a, b.data.shape) if self.needs_input_grad[1] else None)
+        grad, a, b = plain_operands(grad, *self.inputs)
+        return (unbroadcast(grad * b, a.shape) if self.needs_input_grad[0] else None,
+                unbroadcast(grad * a, b.shape) if self.needs_input_grad[1] else None)
 
 
 class Div(Function):
@@ -144,38 +164,44 @@ class MatMul(Function):
         return a @ b
 
     def backward(self, grad):
-        a, b = self.inputs
+        grad, a, b = plain_operands(grad, *self.inputs)
         # Treat 1-D operands as a row (a) / column (b) matrix, so one formula covers all:
         # dA = G @ B^T,  dB = A^T @ G, then sum out broadcast batch axes.
-        a2 = a if a.data.ndim > 1 else a.reshape(1, -1)
-        b2 = b if b.data.ndim > 1 else b.reshape(-1, 1)
-        g_shape = grad.data.shape
-        if a.data.ndim == 1:
-            g_shape = g_shape[:-1] + (1,) + g_shape[-1:] if b.data.ndim > 1 else g_shape + (1,)
-        if b.data.ndim == 1:
+        a2 = a if a.ndim > 1 else a.reshape(1, -1)
+        b2 = b if b.ndim > 1 else b.reshape(-1, 1)
+        g_shape = grad.shape
+        if a.ndim == 1:
+            g_shape = g_shape[:-1] + (1,) + g_shape[-1:] if b.ndim > 1 else g_shape + (1,)
+        if b.ndim == 1:
             g_shape = g_shape + (1,)
         g2 = grad.reshape(g_shape)
         grad_a = grad_b = None
         # A transposed 2-D operand (``x @ W.T``) gets its gradient computed transposed,
         # (B^T G^T)^T instead of G B^T: same numbers, but laid out like the operand, so
         # the gradient that reaches W is contiguous and the optimizer reads it at full speed.
-        matrices = g2.data.ndim == 2  # the transposed form has no batch axes to sum out
+        matrices = g2.ndim == 2  # the transposed form has no batch axes to sum out
         if self.needs_input_grad[0]:
-            if matrices and _is_transposed_matrix(a2.data):
-                grad_a = (b2 @ g2.mT).mT
+            if matrices and _is_transposed_matrix(a2):
+                grad_a = _mT(b2 @ _mT(g2))
             else:
-                grad_a = unbroadcast(g2 @ b2.mT, a2.data.shape)
-            grad_a = grad_a.reshape(a.data.shape)
+                grad_a = unbroadcast(g2 @ _mT(b2), a2.shape)
+            grad_a = grad_a.reshape(a.shape)
         if self.needs_input_grad[1]:
-            if matrices and _is_transposed_matrix(b2.data):
-                grad_b = (g2.mT @ a2).mT
+            if matrices and _is_transposed_matrix(b2):
+                grad_b = _mT(_mT(g2) @ a2)
             else:
-                grad_b = unbroadcast(a2.mT @ g2, b2.data.shape)
-            grad_b = grad_b.reshape(b.data.shape)
+                grad_b = unbroadcast(_mT(a2) @ g2, b2.shape)
+            grad_b = grad_b.reshape(b.shape)
         return grad_a, grad_b
 
 
-def _is_transposed_matrix(array) -> bool:
+def _mT(x):
+    """The last two axes swapped, of a Tensor or a raw array."""
+    return x.mT if isinstance(x, Tensor) else x.swapaxes(-1, -2)
+
+
+def _is_transposed_matrix(x) -> bool:
+    array = x.data if isinstance(x, Tensor) else x
     return array.ndim == 2 and array.flags.f_contiguous and not array.flags.c_contiguous
 
 
@@ -218,7 +244,7 @@ class Neg(Function):
         return -x
 
     def backward(self, grad):
-        return (-grad,)
+        return (-plain_operands(grad)[0],)
 
 
 def as_float(x):
@@ -367,9 +393,12 @@ class Sum(Function):
 
     def backward(self, grad):
         shape = self.inputs[0].data.shape
+        grad = plain_operands(grad)[0]
         if not self.keepdims:
             grad = grad.reshape(_keepdims_shape(shape, self.axis))
-        return (grad.broadcast_to(shape),)
+        if isinstance(grad, Tensor):
+            return (grad.broadcast_to(shape),)
+        return (get_array_module(grad).broadcast_to(grad, shape),)  # read-only: copied if it becomes a .grad
 
 
 class Extremum(Function):
@@ -432,7 +461,10 @@ class LogSoftmax(Function):
 
     def backward(self, grad):
         # dx = g - softmax(x) * sum(g)
-        return (grad - self.output.exp() * grad.sum(axis=self.axis, keepdims=True),)
+        if is_grad_enabled():
+            return (grad - self.output.exp() * grad.sum(axis=self.axis, keepdims=True),)
+        g = grad.data
+        return (g - get_array_module(g).exp(self.output.data) * g.sum(axis=self.axis, keepdims=True),)
 
 
 # ----------------------------------------------------------------------------- shape
@@ -443,7 +475,7 @@ class Reshape(Function):
         return x.reshape(shape)
 
     def backward(self, grad):
-        return (grad.reshape(self.inputs[0].data.shape),)
+        return (plain_operands(grad)[0].reshape(self.inputs[0].data.shape),)
 
 
 class Permute(Function):
@@ -455,7 +487,9 @@ class Permute(Function):
         inverse = [0] * len(self.axes)  # axis a of the input went to position i
         for i, a in enumerate(self.axes):
             inverse[a] = i
-        return (Permute.apply(grad, axes=tuple(inverse)),)
+        if is_grad_enabled():
+            return (Permute.apply(grad, axes=tuple(inverse)),)
+        return (grad.data.transpose(inverse),)
 
 
 class BroadcastTo(Function):
@@ -463,7 +497,7 @@ class BroadcastTo(Function):
         return get_array_module(x).broadcast_to(x, shape)
 
     def backward(self, grad):
-        return (unbroadcast(grad, self.inputs[0].data.shape),)
+        return (unbroadcast(plain_operands(grad)[0], self.inputs[0].data.shape),)
 
 
 def _is_basic_index(index) -> bool:
@@ -496,7 +530,20 @@ class GetItem(Function):
         return x[index]
 
     def backward(self, grad):
-        return (IndexAdd.apply(grad, shape=self.inputs[0].data.shape, index=self.index),)
+        shape = self.inputs[0].data.shape
+        if is_grad_enabled():
+            return (IndexAdd.apply(grad, shape=shape, index=self.index),)
+        return (_scatter(grad.data, shape, self.index),)
+
+
+def _scatter(values, shape: tuple, index):
+    """Zeros of ``shape`` with ``values`` added at ``index`` (repeated indices add up)."""
+    out = get_array_module(values).zeros(shape, dtype=values.dtype)
+    if _is_basic_index(index):
+        out[index] = values
+    else:
+        index_add(out, index, values)
+    return out
 
 
 class IndexAdd(Function):
@@ -507,12 +554,7 @@ class IndexAdd(Function):
 
     def forward(self, values, shape, index):
         self.index = index
-        out = get_array_module(values).zeros(shape, dtype=values.dtype)
-        if _is_basic_index(index):
-            out[index] = values
-        else:
-            index_add(out, index, values)
-        return out
+        return _scatter(values, shape, index)
 
     def backward(self, grad):
         return (GetItem.apply(grad, index=self.index),)
