@@ -398,7 +398,11 @@ class Sum(Function):
             grad = grad.reshape(_keepdims_shape(shape, self.axis))
         if isinstance(grad, Tensor):
             return (grad.broadcast_to(shape),)
-        return (get_array_module(grad).broadcast_to(grad, shape),)  # read-only: copied if it becomes a .grad
+        # Filled, not a broadcast view: np.broadcast_to costs ~5 us of Python, and a
+        # read-only view would be copied anyway if it became a leaf's .grad.
+        out = get_array_module(grad).empty(shape, dtype=grad.dtype)
+        out[...] = grad
+        return (out,)
 
 
 class Extremum(Function):
