@@ -387,13 +387,18 @@ class Clone(Function):
 
 
 class Sum(Function):
+    scale = 1.0  # Mean sets 1 / count
+
     def forward(self, x, axis, keepdims):
         self.axis, self.keepdims = axis, keepdims
         return x.sum(axis=axis, keepdims=keepdims)
 
     def backward(self, grad):
+        # Every summed element gets the upstream gradient (times 1/count for a mean).
         shape = self.inputs[0].data.shape
         grad = plain_operands(grad)[0]
+        if self.scale != 1.0:
+            grad = grad * self.scale
         if not self.keepdims:
             grad = grad.reshape(_keepdims_shape(shape, self.axis))
         if isinstance(grad, Tensor):
@@ -403,6 +408,14 @@ class Sum(Function):
         out = get_array_module(grad).empty(shape, dtype=grad.dtype)
         out[...] = grad
         return (out,)
+
+
+class Mean(Sum):
+    """The sum over ``axis`` times ``scale = 1 / count`` in one op (count 0 gives NaN)."""
+
+    def forward(self, x, axis, keepdims, scale):
+        self.axis, self.keepdims, self.scale = axis, keepdims, scale
+        return x.sum(axis=axis, keepdims=keepdims) * scale
 
 
 class Extremum(Function):

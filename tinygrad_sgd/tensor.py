@@ -465,7 +465,7 @@ class Tensor:
         count = 1
         for a in axes:
             count *= self.data.shape[a]
-        return ops.Sum.apply(self, axis=axes, keepdims=keepdims) * (1.0 / count if count else float("nan"))
+        return ops.Mean.apply(self, axis=axes, keepdims=keepdims, scale=1.0 / count if count else float("nan"))
 
     def max(self, axis=None, keepdims: bool = False):
         return ops.Extremum.apply(self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims,
@@ -667,7 +667,9 @@ class Function:
             raise ValueError(f"{cls.__name__}: {error} (input shapes {shapes})") from None
         if out.__class__ is not np.ndarray and isinstance(out, np.generic):  # NumPy gives scalars for 0-d
             out = np.asarray(out)
-        result = Tensor._make(out, device)
+        result = object.__new__(Tensor)  # Tensor._make, inlined: this line runs for every op
+        result.data, result.grad, result._ctx, result._device = out, None, None, device
+        result._retains_grad, result._grad_buffer, result._requires_grad = False, None, False
         if _grad_enabled and out.dtype.kind == "f":  # integer/bool results carry no gradient
             for t in inputs:
                 if t._requires_grad:  # record the op only when a gradient can flow
