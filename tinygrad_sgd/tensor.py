@@ -638,10 +638,11 @@ class Function:
     ``backward(self, grad: Tensor) -> tuple`` returning one gradient (Tensor or None)
     per input. Built from Tensor ops, a backward can itself be recorded
     (``create_graph=True``). When it is not (``is_grad_enabled()`` is False, the usual
-    ``loss.backward()``), a hot op may apply the same formulas to the raw arrays
-    (``grad.data``, ``input.data``) and return raw arrays, which the engine wraps: that
-    skips one Tensor dispatch per formula term. ``self.inputs`` holds the input tensors, ``self.output`` the output tensor
-    (while it is alive), ``self.needs_input_grad`` which inputs want a gradient.
+    ``loss.backward()``), an op may apply the same formulas to the raw arrays instead
+    (``ops.plain_operands``) and return raw arrays, which skips one Tensor dispatch per
+    formula term; the engine accepts either. ``self.inputs`` holds the input tensors,
+    ``self.output`` the output tensor (while it is alive), ``self.needs_input_grad``
+    which inputs want a gradient.
     """
 
     released = False  # set once backward has freed what the op saved
@@ -667,9 +668,7 @@ class Function:
             raise ValueError(f"{cls.__name__}: {error} (input shapes {shapes})") from None
         if out.__class__ is not np.ndarray and isinstance(out, np.generic):  # NumPy gives scalars for 0-d
             out = np.asarray(out)
-        result = object.__new__(Tensor)  # Tensor._make, inlined: this line runs for every op
-        result.data, result.grad, result._ctx, result._device = out, None, None, device
-        result._retains_grad, result._grad_buffer, result._requires_grad = False, None, False
+        result = Tensor._make(out, device)
         if _grad_enabled and out.dtype.kind == "f":  # integer/bool results carry no gradient
             for t in inputs:
                 if t._requires_grad:  # record the op only when a gradient can flow
@@ -914,8 +913,6 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                     continue
                 if plain and isinstance(pg, Tensor):  # an op whose backward built Tensors
                     pg = pg.data
-                elif not plain and not isinstance(pg, (Tensor, SparseRowGrad)):
-                    pg = Tensor._make(pg, parent._device)  # (an op that computed raw arrays)
                 if parent._ctx is None:
                     deliver(parent, pg)
                 else:

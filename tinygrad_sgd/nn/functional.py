@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from .. import backend, rng
-from ..ops import IndexAdd, constant, where
+from ..ops import IndexAdd, constant, plain_operands, where
 from ..sparse import SparseRowGrad
 from ..tensor import Function, Tensor, is_grad_enabled
 
@@ -102,10 +102,8 @@ class _Linear(Function):
         return out
 
     def backward(self, grad):
-        x, weight = self.inputs[0], self.inputs[1]
-        plain = not is_grad_enabled()
-        if plain:  # nothing records this backward: same formulas, raw arrays
-            grad, x, weight = grad.data, x.data, weight.data
+        plain = not is_grad_enabled()  # nothing records this backward: same formulas, raw arrays
+        grad, x, weight = plain_operands(grad, self.inputs[0], self.inputs[1])
         needs = self.needs_input_grad
         out_features, in_features = weight.shape
         grad_x = grad @ weight if needs[0] else None
