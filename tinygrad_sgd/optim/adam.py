@@ -10,6 +10,23 @@ from .flat import KernelContext, as_flat
 from .optimizer import Optimizer, check_betas, check_number
 
 
+def adam_states(optimizer: Optimizer, params: list, *, amsgrad: bool) -> list:
+    """The state of each parameter in ``params`` for the update about to run: created when
+    missing (``step`` 0, zero ``exp_avg`` and ``exp_avg_sq``, and ``max_exp_avg_sq`` with
+    AMSGrad), its ``step`` advanced by one. Adam and SparseAdam keep the same state."""
+    states = []
+    for p in params:
+        state = optimizer.state.get(p)
+        if not state:
+            state = optimizer.state[p] = {"step": 0, "exp_avg": optimizer._new_state(p, "exp_avg"),
+                                          "exp_avg_sq": optimizer._new_state(p, "exp_avg_sq")}
+        if amsgrad and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = optimizer._new_state(p, "max_exp_avg_sq")
+        state["step"] += 1
+        states.append(state)
+    return states
+
+
 class Adam(Optimizer):
     r"""Adam: per-coordinate step sizes from running moments of the gradient.
 
@@ -65,17 +82,7 @@ class Adam(Optimizer):
 
     def _init_state(self, group: dict, params: list) -> list:
         """Create missing state (zeros) and count this step, for the parameters updated now."""
-        states = []
-        for p in params:
-            state = self.state.get(p)
-            if not state:
-                state = self.state[p] = {"step": 0, "exp_avg": self._new_state(p, "exp_avg"),
-                                         "exp_avg_sq": self._new_state(p, "exp_avg_sq")}
-            if group["amsgrad"] and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = self._new_state(p, "max_exp_avg_sq")
-            state["step"] += 1
-            states.append(state)
-        return states
+        return adam_states(self, params, amsgrad=group["amsgrad"])
 
     def _hyper(self, group: dict) -> dict:
         beta1, beta2 = group["betas"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
+from .adam import adam_states
 from .optimizer import Optimizer, check_betas, check_number
 
 
@@ -57,14 +58,7 @@ class SparseAdam(Optimizer):
                            "parameters whose .grad is a SparseRowGrad, e.g. Embedding(sparse=True))")
 
     def _update_group(self, group: dict, params: list, grads: list) -> None:
-        states = []
-        for p in params:
-            state = self.state.get(p)
-            if not state:
-                state = self.state[p] = {"step": 0, "exp_avg": self._new_state(p, "exp_avg"),
-                                         "exp_avg_sq": self._new_state(p, "exp_avg_sq")}
-            state["step"] += 1
-            states.append(state)
+        states = adam_states(self, params, amsgrad=False)
         beta1, beta2 = group["betas"]
         sparse_adam([p.data for p in params], grads, [s["exp_avg"] for s in states],
                     [s["exp_avg_sq"] for s in states], [s["step"] for s in states], lr=group["lr"], beta1=beta1,
