@@ -47,9 +47,10 @@ def constant(array, like: Tensor) -> Tensor:
     return Tensor._make(array, like._device)
 
 
-def plain_operands(grad: Tensor, *inputs: Tensor) -> tuple:
-    """``(grad, *inputs)`` for a backward formula: the raw arrays when nothing records the
-    backward (a plain ``loss.backward()``), else the Tensors themselves (``create_graph``).
+def plain_operands(grad, *inputs: Tensor) -> tuple:
+    """``(grad, *inputs)`` for the backward formula of an op that ``takes_raw_grad``: the
+    raw arrays when nothing records the backward (a plain ``loss.backward()``, where
+    ``grad`` already arrives as an array), else the Tensors themselves (``create_graph``).
 
     Tensors and NumPy/CuPy arrays share ``+ - * / @``, ``reshape``, ``sum(axis=,
     keepdims=)`` and ``shape``, so a formula written with those runs on either: recorded
@@ -58,7 +59,11 @@ def plain_operands(grad: Tensor, *inputs: Tensor) -> tuple:
     """
     if is_grad_enabled():
         return (grad, *inputs)
-    return (grad.data, *[t.data for t in inputs])
+    if len(inputs) == 1:  # spelled out: a comprehension is a function call in Python 3.11
+        return grad, inputs[0].data
+    if len(inputs) == 2:
+        return grad, inputs[0].data, inputs[1].data
+    return (grad, *[t.data for t in inputs])
 
 
 def unbroadcast(grad, shape: tuple):
@@ -89,27 +94,31 @@ def _keepdims_shape(shape: tuple, axes: tuple) -> tuple:
 
 
 class Add(Function):
+    takes_raw_grad = True
+
     def forward(self, a, b):
         return a + b
 
     def backward(self, grad):
-        grad = plain_operands(grad)[0]
         a, b = self.inputs
         return unbroadcast(grad, a.data.shape), unbroadcast(grad, b.data.shape)
 
 
 class Sub(Function):
+    takes_raw_grad = True
+
     def forward(self, a, b):
         return a - b
 
     def backward(self, grad):
-        grad = plain_operands(grad)[0]
         a, b = self.inputs
         return (unbroadcast(grad, a.data.shape),
                 unbroadcast(-grad, b.data.shape) if self.needs_input_grad[1] else None)
 
 
 class Mul(Function):
+    takes_raw_grad = True
+
     def forward(self, a, b):
         return a * b
 
@@ -120,6 +129,8 @@ class Mul(Function):
 
 
 class Div(Function):
+    uses_output = True
+
     def forward(self, a, b):
         return a / b
 
@@ -131,6 +142,8 @@ class Div(Function):
 
 
 class Pow(Function):
+    uses_output = True
+
     def forward(self, a, b):
         return a ** b
 
@@ -153,6 +166,8 @@ class Pow(Function):
 
 class MatMul(Function):
     """``a @ b`` with NumPy's rules: 1-D operands, and batch axes that broadcast."""
+
+    takes_raw_grad = True
 
     def forward(self, a, b):
         if a.ndim == 0 or b.ndim == 0:
@@ -240,11 +255,13 @@ class Where(Function):
 
 
 class Neg(Function):
+    takes_raw_grad = True
+
     def forward(self, x):
         return -x
 
     def backward(self, grad):
-        return (-plain_operands(grad)[0],)
+        return (-grad,)
 
 
 def as_float(x):
@@ -253,6 +270,8 @@ def as_float(x):
 
 
 class Exp(Function):
+    uses_output = True
+
     def forward(self, x):
         return get_array_module(x).exp(as_float(x))
 
@@ -269,6 +288,8 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    uses_output = True
+
     def forward(self, x):
         return get_array_module(x).sqrt(as_float(x))
 
@@ -286,6 +307,8 @@ class Abs(Function):
 
 
 class Tanh(Function):
+    uses_output = True
+
     def forward(self, x):
         return get_array_module(x).tanh(as_float(x))
 
@@ -295,6 +318,8 @@ class Tanh(Function):
 
 
 class Sigmoid(Function):
+    uses_output = True
+
     def forward(self, x):
         xp = get_array_module(x)
         x = as_float(x)
@@ -308,12 +333,14 @@ class Sigmoid(Function):
 
 
 class ReLU(Function):
+    takes_raw_grad = True
+
     def forward(self, x):
         return get_array_module(x).maximum(x, 0)
 
     def backward(self, grad):
         mask = self.inputs[0].data > 0
-        return (grad.data * mask if not is_grad_enabled() else grad * constant(mask, grad),)
+        return (grad * constant(mask, grad) if is_grad_enabled() else grad * mask,)
 
 
 class LeakyReLU(Function):
@@ -387,6 +414,7 @@ class Clone(Function):
 
 
 class Sum(Function):
+    takes_raw_grad = True
     scale = 1.0  # Mean sets 1 / count
 
     def forward(self, x, axis, keepdims):
@@ -396,7 +424,6 @@ class Sum(Function):
     def backward(self, grad):
         # Every summed element gets the upstream gradient (times 1/count for a mean).
         shape = self.inputs[0].data.shape
-        grad = plain_operands(grad)[0]
         if self.scale != 1.0:
             grad = grad * self.scale
         if not self.keepdims:
@@ -422,6 +449,8 @@ class Extremum(Function):
     """Max (``largest=True``) or min over ``axis``; tied extremes share the gradient
     equally (as torch.amax/amin)."""
 
+    uses_output = True
+
     def forward(self, x, axis, keepdims, largest):
         if any(x.shape[a] == 0 for a in axis):
             raise ValueError(f"{'max' if largest else 'min'} over an empty axis (shape {x.shape}, axis {axis})")
@@ -439,6 +468,8 @@ class Extremum(Function):
 class LogSumExp(Function):
     """``log(sum(exp(x)))`` computed as ``m + log(sum(exp(x - m)))`` with m = max(x)."""
 
+    uses_output = True
+
     def forward(self, x, axis, keepdims):
         self.axis, self.keepdims = axis, keepdims
         xp = get_array_module(x)
@@ -455,6 +486,8 @@ class LogSumExp(Function):
 
 
 class Softmax(Function):
+    uses_output = True
+
     def forward(self, x, axis):
         self.axis = axis
         xp = get_array_module(x)
@@ -469,6 +502,9 @@ class Softmax(Function):
 
 
 class LogSoftmax(Function):
+    takes_raw_grad = True
+    uses_output = True
+
     def forward(self, x, axis):
         self.axis = axis
         xp = get_array_module(x)
@@ -480,22 +516,25 @@ class LogSoftmax(Function):
         # dx = g - softmax(x) * sum(g)
         if is_grad_enabled():
             return (grad - self.output.exp() * grad.sum(axis=self.axis, keepdims=True),)
-        g = grad.data
-        return (g - get_array_module(g).exp(self.output.data) * g.sum(axis=self.axis, keepdims=True),)
+        return (grad - get_array_module(grad).exp(self.output.data) * grad.sum(axis=self.axis, keepdims=True),)
 
 
 # ----------------------------------------------------------------------------- shape
 
 
 class Reshape(Function):
+    takes_raw_grad = True
+
     def forward(self, x, shape):
         return x.reshape(shape)
 
     def backward(self, grad):
-        return (plain_operands(grad)[0].reshape(self.inputs[0].data.shape),)
+        return (grad.reshape(self.inputs[0].data.shape),)
 
 
 class Permute(Function):
+    takes_raw_grad = True
+
     def forward(self, x, axes):
         self.axes = axes
         return x.transpose(axes)
@@ -506,15 +545,17 @@ class Permute(Function):
             inverse[a] = i
         if is_grad_enabled():
             return (Permute.apply(grad, axes=tuple(inverse)),)
-        return (grad.data.transpose(inverse),)
+        return (grad.transpose(inverse),)
 
 
 class BroadcastTo(Function):
+    takes_raw_grad = True
+
     def forward(self, x, shape):
         return get_array_module(x).broadcast_to(x, shape)
 
     def backward(self, grad):
-        return (unbroadcast(plain_operands(grad)[0], self.inputs[0].data.shape),)
+        return (unbroadcast(grad, self.inputs[0].data.shape),)
 
 
 def _is_basic_index(index) -> bool:
@@ -542,6 +583,8 @@ def raw_index(index, tensor: Tensor):
 
 
 class GetItem(Function):
+    takes_raw_grad = True
+
     def forward(self, x, index):
         self.index = index
         return x[index]
@@ -550,7 +593,7 @@ class GetItem(Function):
         shape = self.inputs[0].data.shape
         if is_grad_enabled():
             return (IndexAdd.apply(grad, shape=shape, index=self.index),)
-        return (_scatter(grad.data, shape, self.index),)
+        return (_scatter(grad, shape, self.index),)
 
 
 def _scatter(values, shape: tuple, index):

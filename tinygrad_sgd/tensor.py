@@ -16,6 +16,8 @@ nothing.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import operator
 import sys
 import weakref
 
@@ -630,6 +632,8 @@ def _as_tensor(value, like: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- Function
 
+_op_serial_numbers = itertools.count(1)  # Function.sequence: recording order
+
 
 class Function:
     """One differentiable op: ``forward`` on raw arrays, ``backward`` with Tensor ops.
@@ -646,43 +650,68 @@ class Function:
     """
 
     released = False  # set once backward has freed what the op saved
+    # True for an op whose backward also takes the upstream gradient as a raw array: in a
+    # plain backward (nothing records it) the engine then hands over the array itself
+    # instead of wrapping it in a Tensor first. Such a backward uses formulas that run on
+    # Tensors and arrays alike (see ``ops.plain_operands``).
+    takes_raw_grad = False
+    # True for an op whose backward reads ``self.output``: only those keep a (weak)
+    # reference to the tensor they produced.
+    uses_output = False
+    sequence = 0  # the op's serial number; an op's inputs were always made before it
 
     @classmethod
     def apply(cls, *inputs: Tensor, **params) -> Tensor:
-        # This runs for every op, forward and backward: keep it lean.
-        device = inputs[0]._device
-        if len(inputs) > 1:
+        # This runs for every op, forward and backward: keep it lean. One and two inputs
+        # are spelled out because a comprehension is a function call in Python 3.11.
+        first = inputs[0]
+        device = first._device
+        if len(inputs) == 1:
+            arrays = (first.data,)
+            needs_grad = (first._requires_grad,)
+        elif len(inputs) == 2:
+            second = inputs[1]
+            if second._device != device:
+                raise RuntimeError(f"{cls.__name__}: expected all tensors on the same device, "
+                                   f"found {device} and {second._device}")
+            arrays = (first.data, second.data)
+            needs_grad = (first._requires_grad, second._requires_grad)
+        else:
             for other in inputs:
                 if other._device != device:
                     raise RuntimeError(f"{cls.__name__}: expected all tensors on the same device, "
                                        f"found {device} and {other._device}")
+            arrays = tuple([t.data for t in inputs])
+            needs_grad = tuple([t._requires_grad for t in inputs])
         fn = object.__new__(cls)
         try:
             if device == "cpu" or device == "cuda:0":
-                out = fn.forward(*[t.data for t in inputs], **params)
+                out = fn.forward(*arrays, **params)
             else:
                 with backend.device_context(device):
-                    out = fn.forward(*[t.data for t in inputs], **params)
+                    out = fn.forward(*arrays, **params)
         except ValueError as error:
             shapes = ", ".join(str(t.data.shape) for t in inputs)
             raise ValueError(f"{cls.__name__}: {error} (input shapes {shapes})") from None
         if out.__class__ is not np.ndarray and isinstance(out, np.generic):  # NumPy gives scalars for 0-d
             out = np.asarray(out)
         result = Tensor._make(out, device)
-        if _grad_enabled and out.dtype.kind == "f":  # integer/bool results carry no gradient
-            for t in inputs:
-                if t._requires_grad:  # record the op only when a gradient can flow
-                    fn.inputs = inputs
-                    fn.needs_input_grad = tuple([t._requires_grad for t in inputs])
-                    fn._output_ref = weakref.ref(result)
-                    result._requires_grad = True
-                    result._ctx = fn
-                    break
+        # Record the op only when a gradient can flow: grad mode on, a floating-point
+        # result (integer/bool results carry no gradient) and an input that wants one.
+        if _grad_enabled and True in needs_grad and out.dtype.kind == "f":
+            fn.inputs = inputs
+            fn.needs_input_grad = needs_grad
+            fn.sequence = next(_op_serial_numbers)
+            if cls.uses_output:
+                fn._output_ref = weakref.ref(result)
+            result._requires_grad = True
+            result._ctx = fn
         return result
 
     @property
     def output(self) -> Tensor:
-        """The tensor this op produced (alive whenever its backward runs)."""
+        """The tensor this op produced (alive whenever its backward runs; kept only by
+        ops that declare ``uses_output``)."""
         return self._output_ref()
 
     def grad_buffer(self, index: int):
@@ -753,37 +782,31 @@ _open_grad_buffers: set | None = None
 def _topological_order(roots: list[Tensor]) -> list[Tensor]:
     """Non-leaf tensors reachable from ``roots``, each after every tensor that uses it.
 
-    Iterative depth-first search (an explicit stack), so deep graphs cannot hit Python's
-    recursion limit.
+    Every recorded op has a serial number (``Function.sequence``), and an op's inputs
+    always exist before it is recorded, so a consumer's number is larger than that of
+    anything it consumes: collecting the reachable tensors (an explicit stack, so deep
+    graphs cannot hit Python's recursion limit) and sorting them newest first is a
+    valid order.
     """
-    order: list[Tensor] = []
-    visited: set[int] = set()
-    for root in roots:
-        if root._ctx is None:
+    reachable: dict[int, Tensor] = {}
+    stack = [root for root in roots if root._ctx is not None]
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in reachable:
             continue
-        stack = [(root, False)]
-        while stack:
-            tensor, children_done = stack.pop()
-            if children_done:  # everything it consumes is already in `order`
-                order.append(tensor)
-                continue
-            # Mark on expansion, not on push: a tensor pushed early may be reached again
-            # through a consumer that must come first; expanding it once, at its deepest
-            # point, is what makes the post-order valid.
-            if id(tensor) in visited:
-                continue
-            visited.add(id(tensor))
-            ctx = tensor._ctx
-            if ctx.released:
-                raise RuntimeError("trying to backward through the graph a second time: its saved "
-                                   "values were freed by the first backward(); pass "
-                                   "retain_graph=True to the first call if you need two")
-            stack.append((tensor, True))
-            for parent in ctx.inputs:
-                if parent._ctx is not None and parent._requires_grad and id(parent) not in visited:
-                    stack.append((parent, False))
-    order.reverse()  # roots first: every consumer before what it consumes
-    return order
+        ctx = tensor._ctx
+        if ctx.released:
+            raise RuntimeError("trying to backward through the graph a second time: its saved "
+                               "values were freed by the first backward(); pass "
+                               "retain_graph=True to the first call if you need two")
+        reachable[id(tensor)] = tensor
+        for parent in ctx.inputs:
+            if parent._ctx is not None and parent._requires_grad:
+                stack.append(parent)
+    return sorted(reachable.values(), key=_sequence_of_ctx, reverse=True)
+
+
+_sequence_of_ctx = operator.attrgetter("_ctx.sequence")
 
 
 def _as_grad_tensor(grad, like: Tensor) -> Tensor:
@@ -813,8 +836,9 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
     only the part of the graph between the outputs and those inputs is run (and freed).
     """
     # Without create_graph nothing records the backward, so the gradients travel as raw
-    # arrays (wrapped in a Tensor only to call an op's backward and to become a .grad);
-    # with create_graph they are Tensors whose ops are recorded.
+    # arrays (wrapped in a Tensor only to become a .grad, and to call the backward of an
+    # op that does not declare ``takes_raw_grad``); with create_graph they are Tensors
+    # whose ops are recorded.
     plain = not create_graph
     grads: dict[int, object] = {}
     for out, g in zip(outputs, grad_outputs):
@@ -907,7 +931,9 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                 deliver(tensor, g)
             if above_wanted is not None and key not in above_wanted:
                 continue  # an asked-for intermediate with nothing asked for below it
-            input_grads = ctx.backward(Tensor._make(g, tensor._device) if plain else g)
+            if plain and not ctx.takes_raw_grad:
+                g = Tensor._make(g, tensor._device)
+            input_grads = ctx.backward(g)
             for parent, pg in zip(ctx.inputs, input_grads):
                 if pg is None or not parent._requires_grad:
                     continue

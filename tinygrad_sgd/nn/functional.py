@@ -95,6 +95,8 @@ class _Linear(Function):
     gradient buffer when it offers one (:meth:`Function.grad_buffer`): no copy at ``step()``.
     """
 
+    takes_raw_grad = True
+
     def forward(self, x, weight, bias=None):
         out = x @ weight.T
         if bias is not None:
@@ -860,6 +862,8 @@ class _CrossEntropy(Function):
     the summed weights of the non-ignored targets (their count when unweighted).
     """
 
+    takes_raw_grad = True
+
     def forward(self, logits, *, target, weight, ignore_index, may_ignore, reduction, label_smoothing):
         xp = backend.get_array_module(logits)
         classes = logits.shape[1]
@@ -899,7 +903,7 @@ class _CrossEntropy(Function):
         if self.plain and not is_grad_enabled():  # dz = softmax(z) - onehot(y), on raw arrays
             core = xp.exp(self.logp)
             core[xp.arange(core.shape[0]), self.target] -= 1
-            core *= _upstream(grad.data, self.reduction, self.denominator)
+            core *= _upstream(grad, self.reduction, self.denominator)
             return (core,)
         if self.plain:  # create_graph: the general formula below, with its Tensor ops
             self._general_state(logits.data.shape[1])
@@ -914,7 +918,7 @@ class _CrossEntropy(Function):
         if is_grad_enabled():
             core = logits.softmax(axis=1) * constant(a, logits) - constant(b, logits)
         else:
-            core = constant(xp.exp(self.logp) * a - b, logits)
+            core = xp.exp(self.logp) * a - b
         return (core * _upstream(grad, self.reduction, self.denominator),)
 
 
