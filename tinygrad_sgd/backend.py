@@ -101,6 +101,8 @@ def best_device() -> str:
 
 def get_array_module(array_or_device):
     """``numpy`` or ``cupy``: the module that owns an array, or that serves a device string."""
+    if array_or_device.__class__ is numpy.ndarray:  # the common case, checked first
+        return numpy
     if isinstance(array_or_device, str):
         return numpy if array_or_device == "cpu" else _require_cupy()
     if _cupy is not None and isinstance(array_or_device, _cupy.ndarray):
@@ -127,14 +129,15 @@ def _require_cupy():
     return _cupy
 
 
-@contextlib.contextmanager
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: it holds no state
+
+
 def device_context(device: str):
-    """Make ``device`` CuPy's current device inside the block (no-op for the CPU)."""
+    """A context manager that makes ``device`` CuPy's current device inside its block
+    (it does nothing for the CPU)."""
     if device == "cpu":
-        yield
-    else:
-        with _require_cupy().cuda.Device(int(device.split(":")[1])):
-            yield
+        return _NO_CONTEXT
+    return _require_cupy().cuda.Device(int(device.split(":")[1]))
 
 
 def to_device(array, device: str):

@@ -33,6 +33,8 @@ def normalize_axes(axis, ndim: int) -> tuple:
     """``None`` -> every axis; an int or a tuple -> sorted non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
+    if axis.__class__ is int and 0 <= axis < ndim:  # the common case: one valid axis
+        return (axis,)
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     normalized = tuple(sorted(normalize_axis(a, ndim) for a in axes))
     if ndim == 0:
@@ -184,12 +186,14 @@ class MatMul(Function):
         # dA = G @ B^T,  dB = A^T @ G, then sum out broadcast batch axes.
         a2 = a if a.ndim > 1 else a.reshape(1, -1)
         b2 = b if b.ndim > 1 else b.reshape(-1, 1)
-        g_shape = grad.shape
-        if a.ndim == 1:
-            g_shape = g_shape[:-1] + (1,) + g_shape[-1:] if b.ndim > 1 else g_shape + (1,)
-        if b.ndim == 1:
-            g_shape = g_shape + (1,)
-        g2 = grad.reshape(g_shape)
+        g2 = grad
+        if a2 is not a or b2 is not b:
+            g_shape = grad.shape
+            if a.ndim == 1:
+                g_shape = g_shape[:-1] + (1,) + g_shape[-1:] if b.ndim > 1 else g_shape + (1,)
+            if b.ndim == 1:
+                g_shape = g_shape + (1,)
+            g2 = grad.reshape(g_shape)
         grad_a = grad_b = None
         # A transposed 2-D operand (``x @ W.T``) gets its gradient computed transposed,
         # (B^T G^T)^T instead of G B^T: same numbers, but laid out like the operand, so
@@ -200,13 +204,15 @@ class MatMul(Function):
                 grad_a = _mT(b2 @ _mT(g2))
             else:
                 grad_a = unbroadcast(g2 @ _mT(b2), a2.shape)
-            grad_a = grad_a.reshape(a.shape)
+            if a2 is not a:
+                grad_a = grad_a.reshape(a.shape)
         if self.needs_input_grad[1]:
             if matrices and _is_transposed_matrix(b2):
                 grad_b = _mT(_mT(g2) @ a2)
             else:
                 grad_b = unbroadcast(_mT(a2) @ g2, b2.shape)
-            grad_b = grad_b.reshape(b.shape)
+            if b2 is not b:
+                grad_b = grad_b.reshape(b.shape)
         return grad_a, grad_b
 
 

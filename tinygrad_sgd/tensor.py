@@ -878,7 +878,7 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
             else:
                 backend.index_add(tensor.grad.data, g.indices, g.values)
             return
-        if isinstance(tensor.grad, SparseRowGrad):  # a dense gradient joins a sparse one
+        if tensor.grad is not None and isinstance(tensor.grad, SparseRowGrad):  # a dense gradient joins a sparse one
             tensor.grad = Tensor._make(tensor.grad.to_dense(), tensor._device)
         if plain:
             if g.dtype != tensor.data.dtype:
@@ -894,11 +894,13 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
             return
         if tensor.grad is None:
             array = g if plain else g.data
-            own_buffer = tensor._grad_buffer is not None and array is tensor._grad_buffer.array
-            if not own_buffer and (not array.flags.writeable or id(_owner(array)) in handed_out):
+            buffer = tensor._grad_buffer
+            if ((buffer is None or array is not buffer.array)  # (the leaf's own buffer is never copied)
+                    and (not array.flags.writeable or id(_owner(array)) in handed_out)):
                 # read-only broadcast view, or memory another leaf holds: copy it
                 g = array.copy() if plain else ops.Clone.apply(g)
-            handed_out.add(id(_owner(g if plain else g.data)))
+                array = g if plain else g.data
+            handed_out.add(id(_owner(array)))
             borrowed.add(id(tensor))
             tensor.grad = Tensor._make(g, tensor._device) if plain else g
         elif create_graph:  # a graph-carrying grad is never updated in place
@@ -919,7 +921,7 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                 deliver(out, grads.pop(id(out)))
         for tensor in order:
             key = id(tensor)
-            if above_wanted is not None and key not in above_wanted and key not in wanted:
+            if wanted is not None and key not in above_wanted and key not in wanted:
                 continue  # nothing asked for lies below: leave this part of the graph alone
             g = grads.pop(key, None)
             ctx = tensor._ctx
@@ -929,16 +931,16 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                 continue
             if tensor._retains_grad or (wanted is not None and key in wanted):
                 deliver(tensor, g)
-            if above_wanted is not None and key not in above_wanted:
-                continue  # an asked-for intermediate with nothing asked for below it
-            if plain and not ctx.takes_raw_grad:
-                g = Tensor._make(g, tensor._device)
-            input_grads = ctx.backward(g)
+                if wanted is not None and key not in above_wanted:
+                    continue  # an asked-for intermediate with nothing asked for below it
+            if plain and not ctx.takes_raw_grad:  # a backward written with Tensor ops only
+                input_grads = [pg.data if isinstance(pg, Tensor) else pg
+                               for pg in ctx.backward(Tensor._make(g, tensor._device))]
+            else:
+                input_grads = ctx.backward(g)
             for parent, pg in zip(ctx.inputs, input_grads):
                 if pg is None or not parent._requires_grad:
                     continue
-                if plain and isinstance(pg, Tensor):  # an op whose backward built Tensors
-                    pg = pg.data
                 if parent._ctx is None:
                     deliver(parent, pg)
                 else:
