@@ -79,6 +79,9 @@ def unbroadcast(grad, shape: tuple):
     if grad.shape == shape:
         return grad
     lead = grad.ndim - len(shape)
+    if shape and 1 not in shape:  # only new leading axes (a bias over a batch): their sum has the shape
+        axes = tuple(range(lead))
+        return Sum.apply(grad, axis=axes, keepdims=False) if isinstance(grad, Tensor) else grad.sum(axis=axes)
     axes = tuple(range(lead)) + tuple(lead + i for i, size in enumerate(shape)
                                       if size == 1 and grad.shape[lead + i] != 1)
     if not axes:
@@ -218,12 +221,16 @@ class MatMul(Function):
 
 def _mT(x):
     """The last two axes swapped, of a Tensor or a raw array."""
-    return x.mT if isinstance(x, Tensor) else x.swapaxes(-1, -2)
+    if isinstance(x, Tensor):
+        return x.mT
+    return x.T if x.ndim == 2 else x.swapaxes(-1, -2)  # .T: an attribute, no argument parsing
 
 
 def _is_transposed_matrix(x) -> bool:
     array = x.data if isinstance(x, Tensor) else x
-    return array.ndim == 2 and array.flags.f_contiguous and not array.flags.c_contiguous
+    # Laid out column by column: a step down a column is shorter than a step along a row
+    # (``W.T`` of a row-major W). Read from the strides: ``flags`` builds an object per call.
+    return array.ndim == 2 and array.strides[0] < array.strides[1]
 
 
 class Maximum(Function):
@@ -546,11 +553,11 @@ class Permute(Function):
         return x.transpose(axes)
 
     def backward(self, grad):
-        inverse = [0] * len(self.axes)  # axis a of the input went to position i
-        for i, a in enumerate(self.axes):
-            inverse[a] = i
+        # Input axis a went to the position i where axes[i] == a: sorting the positions by
+        # the axis they hold gives, for each input axis in turn, where to take it from.
+        inverse = tuple(sorted(range(len(self.axes)), key=self.axes.__getitem__))
         if is_grad_enabled():
-            return (Permute.apply(grad, axes=tuple(inverse)),)
+            return (Permute.apply(grad, axes=inverse),)
         return (grad.transpose(inverse),)
 
 

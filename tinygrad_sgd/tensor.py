@@ -561,7 +561,8 @@ class Tensor:
     @property
     def T(self):
         """All axes reversed (the matrix transpose for 2-D tensors)."""
-        return ops.Permute.apply(self, axes=tuple(range(self.data.ndim - 1, -1, -1)))
+        ndim = self.data.ndim
+        return ops.Permute.apply(self, axes=(1, 0) if ndim == 2 else tuple(range(ndim - 1, -1, -1)))
 
     @property
     def mT(self):
@@ -801,7 +802,7 @@ def _topological_order(roots: list[Tensor]) -> list[Tensor]:
                                "retain_graph=True to the first call if you need two")
         reachable[id(tensor)] = tensor
         for parent in ctx.inputs:
-            if parent._ctx is not None and parent._requires_grad:
+            if parent._ctx is not None:  # (a recorded result always requires grad)
                 stack.append(parent)
     return sorted(reachable.values(), key=_sequence_of_ctx, reverse=True)
 
@@ -894,13 +895,14 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
             return
         if tensor.grad is None:
             array = g if plain else g.data
+            owner = _owner(array)
             buffer = tensor._grad_buffer
             if ((buffer is None or array is not buffer.array)  # (the leaf's own buffer is never copied)
-                    and (not array.flags.writeable or id(_owner(array)) in handed_out)):
+                    and (not array.flags.writeable or id(owner) in handed_out)):
                 # read-only broadcast view, or memory another leaf holds: copy it
                 g = array.copy() if plain else ops.Clone.apply(g)
-                array = g if plain else g.data
-            handed_out.add(id(_owner(array)))
+                owner = array = g if plain else g.data
+            handed_out.add(id(owner))
             borrowed.add(id(tensor))
             tensor.grad = Tensor._make(g, tensor._device) if plain else g
         elif create_graph:  # a graph-carrying grad is never updated in place
