@@ -175,62 +175,53 @@ class MatMul(Function):
     takes_raw_grad = True
 
     def forward(self, a, b):
-        if a.ndim == 0 or b.ndim == 0:
-            raise ValueError("matmul does not take 0-d operands; use * for scaling")
-        inner_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
-        if a.shape[-1] != inner_b:
-            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned: "
-                             f"{a.shape[-1]} (last axis of a) != {inner_b} (first matrix axis of b)")
-        return a @ b
+        try:
+            return a @ b
+        except ValueError:  # say what is wrong in the user's terms (NumPy names a gufunc signature)
+            if a.ndim == 0 or b.ndim == 0:
+                raise ValueError("matmul does not take 0-d operands; use * for scaling") from None
+            inner_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
+            if a.shape[-1] != inner_b:
+                raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned: "
+                                 f"{a.shape[-1]} (last axis of a) != {inner_b} (first matrix axis of b)") from None
+            raise  # batch axes that do not broadcast: NumPy's message says so
 
     def backward(self, grad):
         grad, a, b = plain_operands(grad, *self.inputs)
-        # Treat 1-D operands as a row (a) / column (b) matrix, so one formula covers all:
-        # dA = G @ B^T,  dB = A^T @ G, then sum out broadcast batch axes.
+        needs = self.needs_input_grad
+        grad_a = grad_b = None
+        if a.ndim == 2 and b.ndim == 2:  # two matrices, the common case: dA = G B^T, dB = A^T G
+            # An operand laid out column by column (``W.T`` of a row-major W: a step down
+            # a column is shorter than a step along a row) gets its gradient computed
+            # transposed, (B G^T)^T instead of G B^T: the same numbers, laid out like the
+            # operand, so the gradient that reaches W is contiguous and the optimizer reads
+            # it at full speed. (``.T`` works on Tensors and arrays alike.)
+            a_strides, b_strides = self.inputs[0].data.strides, self.inputs[1].data.strides
+            if needs[0]:
+                grad_a = (b @ grad.T).T if a_strides[0] < a_strides[1] else grad @ b.T
+            if needs[1]:
+                grad_b = (grad.T @ a).T if b_strides[0] < b_strides[1] else a.T @ grad
+            return grad_a, grad_b
+        # Otherwise treat 1-D operands as a row (a) / column (b) matrix, so the same
+        # formulas cover all cases, then sum out broadcast batch axes.
         a2 = a if a.ndim > 1 else a.reshape(1, -1)
         b2 = b if b.ndim > 1 else b.reshape(-1, 1)
-        g2 = grad
-        if a2 is not a or b2 is not b:
-            g_shape = grad.shape
-            if a.ndim == 1:
-                g_shape = g_shape[:-1] + (1,) + g_shape[-1:] if b.ndim > 1 else g_shape + (1,)
-            if b.ndim == 1:
-                g_shape = g_shape + (1,)
-            g2 = grad.reshape(g_shape)
-        grad_a = grad_b = None
-        # A transposed 2-D operand (``x @ W.T``) gets its gradient computed transposed,
-        # (B^T G^T)^T instead of G B^T: same numbers, but laid out like the operand, so
-        # the gradient that reaches W is contiguous and the optimizer reads it at full speed.
-        matrices = g2.ndim == 2  # the transposed form has no batch axes to sum out
-        if self.needs_input_grad[0]:
-            if matrices and _is_transposed_matrix(a2):
-                grad_a = _mT(b2 @ _mT(g2))
-            else:
-                grad_a = unbroadcast(g2 @ _mT(b2), a2.shape)
-            if a2 is not a:
-                grad_a = grad_a.reshape(a.shape)
-        if self.needs_input_grad[1]:
-            if matrices and _is_transposed_matrix(b2):
-                grad_b = _mT(_mT(g2) @ a2)
-            else:
-                grad_b = unbroadcast(_mT(a2) @ g2, b2.shape)
-            if b2 is not b:
-                grad_b = grad_b.reshape(b.shape)
+        g_shape = grad.shape
+        if a.ndim == 1:
+            g_shape = g_shape[:-1] + (1,) + g_shape[-1:] if b.ndim > 1 else g_shape + (1,)
+        if b.ndim == 1:
+            g_shape = g_shape + (1,)
+        g2 = grad.reshape(g_shape)
+        if needs[0]:
+            grad_a = unbroadcast(g2 @ _mT(b2), a2.shape).reshape(a.shape)
+        if needs[1]:
+            grad_b = unbroadcast(_mT(a2) @ g2, b2.shape).reshape(b.shape)
         return grad_a, grad_b
 
 
 def _mT(x):
     """The last two axes swapped, of a Tensor or a raw array."""
-    if isinstance(x, Tensor):
-        return x.mT
-    return x.T if x.ndim == 2 else x.swapaxes(-1, -2)  # .T: an attribute, no argument parsing
-
-
-def _is_transposed_matrix(x) -> bool:
-    array = x.data if isinstance(x, Tensor) else x
-    # Laid out column by column: a step down a column is shorter than a step along a row
-    # (``W.T`` of a row-major W). Read from the strides: ``flags`` builds an object per call.
-    return array.ndim == 2 and array.strides[0] < array.strides[1]
+    return x.mT if isinstance(x, Tensor) else x.swapaxes(-1, -2)
 
 
 class Maximum(Function):

@@ -789,22 +789,24 @@ def _topological_order(roots: list[Tensor]) -> list[Tensor]:
     graphs cannot hit Python's recursion limit) and sorting them newest first is a
     valid order.
     """
-    reachable: dict[int, Tensor] = {}
+    # Tensors as keys: a Tensor hashes by identity, and a dict compares keys by identity
+    # before it would ever call Tensor.__eq__ (distinct live objects never share a hash).
+    reachable: dict[Tensor, None] = {}  # an ordered set
     stack = [root for root in roots if root._ctx is not None]
     while stack:
         tensor = stack.pop()
-        if id(tensor) in reachable:
+        if tensor in reachable:
             continue
         ctx = tensor._ctx
         if ctx.released:
             raise RuntimeError("trying to backward through the graph a second time: its saved "
                                "values were freed by the first backward(); pass "
                                "retain_graph=True to the first call if you need two")
-        reachable[id(tensor)] = tensor
+        reachable[tensor] = None
         for parent in ctx.inputs:
             if parent._ctx is not None:  # (a recorded result always requires grad)
                 stack.append(parent)
-    return sorted(reachable.values(), key=_sequence_of_ctx, reverse=True)
+    return sorted(reachable, key=_sequence_of_ctx, reverse=True)
 
 
 _sequence_of_ctx = operator.attrgetter("_ctx.sequence")
@@ -841,12 +843,12 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
     # op that does not declare ``takes_raw_grad``); with create_graph they are Tensors
     # whose ops are recorded.
     plain = not create_graph
-    grads: dict[int, object] = {}
+    grads: dict[Tensor, object] = {}  # the gradient waiting at each tensor (keys as in _topological_order)
     for out, g in zip(outputs, grad_outputs):
         g = _as_grad_tensor(g, out)
         if plain:
             g = g.data
-        grads[id(out)] = grads[id(out)] + g if id(out) in grads else g
+        grads[out] = grads[out] + g if out in grads else g
     order = _topological_order(outputs)
     wanted = {id(t): i for i, t in enumerate(inputs)} if inputs is not None else None
     captured: list = [None] * len(inputs) if inputs is not None else None
@@ -879,8 +881,6 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
             else:
                 backend.index_add(tensor.grad.data, g.indices, g.values)
             return
-        if tensor.grad is not None and isinstance(tensor.grad, SparseRowGrad):  # a dense gradient joins a sparse one
-            tensor.grad = Tensor._make(tensor.grad.to_dense(), tensor._device)
         if plain:
             if g.dtype != tensor.data.dtype:
                 g = g.astype(tensor.data.dtype)
@@ -893,7 +893,7 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                     g = Tensor._make(g, tensor._device)
                 captured[index] = g if captured[index] is None else captured[index] + g
             return
-        if tensor.grad is None:
+        if tensor.grad is None:  # the usual case: the first gradient of this leaf
             array = g if plain else g.data
             owner = _owner(array)
             buffer = tensor._grad_buffer
@@ -905,7 +905,10 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
             handed_out.add(id(owner))
             borrowed.add(id(tensor))
             tensor.grad = Tensor._make(g, tensor._device) if plain else g
-        elif create_graph:  # a graph-carrying grad is never updated in place
+            return
+        if isinstance(tensor.grad, SparseRowGrad):  # a dense gradient joins a sparse one
+            tensor.grad = Tensor._make(tensor.grad.to_dense(), tensor._device)
+        if create_graph:  # a graph-carrying grad is never updated in place
             tensor.grad = tensor.grad + g
         elif id(tensor) in borrowed:
             tensor.grad = Tensor._make(tensor.grad.data + g, tensor._device)  # now its own array
@@ -919,21 +922,20 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
     _open_grad_buffers = set() if plain and wanted is None else None
     try:
         for out in outputs:  # a root that is itself a leaf or an input
-            if out._ctx is None and id(out) in grads:
-                deliver(out, grads.pop(id(out)))
+            if out._ctx is None and out in grads:
+                deliver(out, grads.pop(out))
         for tensor in order:
-            key = id(tensor)
-            if wanted is not None and key not in above_wanted and key not in wanted:
+            if wanted is not None and id(tensor) not in above_wanted and id(tensor) not in wanted:
                 continue  # nothing asked for lies below: leave this part of the graph alone
-            g = grads.pop(key, None)
+            g = grads.pop(tensor, None)
             ctx = tensor._ctx
             if g is None:  # not on a path from the outputs that carries gradient
                 if not retain_graph:
                     ctx.release()
                 continue
-            if tensor._retains_grad or (wanted is not None and key in wanted):
+            if tensor._retains_grad or (wanted is not None and id(tensor) in wanted):
                 deliver(tensor, g)
-                if wanted is not None and key not in above_wanted:
+                if wanted is not None and id(tensor) not in above_wanted:
                     continue  # an asked-for intermediate with nothing asked for below it
             if plain and not ctx.takes_raw_grad:  # a backward written with Tensor ops only
                 input_grads = [pg.data if isinstance(pg, Tensor) else pg
@@ -946,8 +948,8 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                 if parent._ctx is None:
                     deliver(parent, pg)
                 else:
-                    key = id(parent)
-                    grads[key] = grads[key] + pg if key in grads else pg
+                    pending = grads.get(parent)
+                    grads[parent] = pg if pending is None else pending + pg
             if not retain_graph:
                 ctx.release()
     finally:
@@ -981,7 +983,8 @@ def _new(array_fn, shape, dtype, device, requires_grad) -> Tensor:
     with backend.device_context(device):
         array = array_fn(xp, _shape_arg(shape), dtype)
     tensor = Tensor._make(array, device)
-    tensor.requires_grad = requires_grad
+    if requires_grad:  # the setter checks the dtype
+        tensor.requires_grad = True
     return tensor
 
 
@@ -1033,7 +1036,7 @@ def arange(start, stop=None, step=1, dtype=None, device=None, requires_grad: boo
     if stop is None:
         start, stop = 0, start
     if dtype is None:
-        dtype = float32 if any(isinstance(v, float) for v in (start, stop, step)) else int64
+        dtype = float32 if isinstance(start, float) or isinstance(stop, float) or isinstance(step, float) else int64
     return _new(lambda xp, s, d: xp.arange(start, stop, step, dtype=d), (), _creation_dtype(dtype), device,
                 requires_grad)
 
