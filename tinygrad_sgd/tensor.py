@@ -99,6 +99,8 @@ def _default_dtype_for(array) -> np.dtype:
 
 # ----------------------------------------------------------------------------- Tensor
 
+_new_object = object.__new__  # Tensor defines no __new__: this is what Tensor.__new__ runs
+
 
 class Tensor:
     """An array on a device (NumPy on ``"cpu"``, CuPy on ``"cuda:N"``) with autograd.
@@ -140,12 +142,13 @@ class Tensor:
             self.requires_grad = True
 
     @classmethod
-    def _make(cls, array, device: str, requires_grad: bool = False) -> "Tensor":
-        """Wrap a raw array without copying or checks (the ops' fast path)."""
-        tensor = cls.__new__(cls)
+    def _make(cls, array, device: str, requires_grad: bool = False, ctx=None) -> "Tensor":
+        """Wrap a raw array without copying or checks (the ops' fast path); ``ctx`` is
+        the Function that produced it, for an op's recorded result."""
+        tensor = _new_object(cls)
         tensor.data = array
         tensor.grad = None
-        tensor._ctx = None
+        tensor._ctx = ctx
         tensor._device = device
         tensor._retains_grad = False
         tensor._grad_buffer = None
@@ -696,18 +699,17 @@ class Function:
             raise ValueError(f"{cls.__name__}: {error} (input shapes {shapes})") from None
         if out.__class__ is not np.ndarray and isinstance(out, np.generic):  # NumPy gives scalars for 0-d
             out = np.asarray(out)
-        result = Tensor._make(out, device)
         # Record the op only when a gradient can flow: grad mode on, a floating-point
         # result (integer/bool results carry no gradient) and an input that wants one.
         if _grad_enabled and True in needs_grad and out.dtype.kind == "f":
+            result = Tensor._make(out, device, True, fn)
             fn.inputs = inputs
             fn.needs_input_grad = needs_grad
             fn.sequence = next(_op_serial_numbers)
             if cls.uses_output:
                 fn._output_ref = weakref.ref(result)
-            result._requires_grad = True
-            result._ctx = fn
-        return result
+            return result
+        return Tensor._make(out, device)
 
     @property
     def output(self) -> Tensor:
