@@ -111,10 +111,10 @@ class _Linear(Function):
         grad_x = grad @ weight if needs[0] else None
         grad_w = grad_b = None
         if needs[1] or (len(needs) > 2 and needs[2]):
-            g2 = grad.reshape(-1, out_features)
+            g2 = grad if grad.ndim == 2 else grad.reshape(-1, out_features)  # leading axes flattened
             if needs[1]:
                 out = self.grad_buffer(1) if plain else None
-                x2 = x.reshape(-1, in_features)
+                x2 = x if x.ndim == 2 else x.reshape(-1, in_features)
                 grad_w = g2.T @ x2 if out is None else backend.get_array_module(x2).matmul(g2.T, x2, out=out)
             if len(needs) > 2 and needs[2]:
                 out = self.grad_buffer(2) if plain else None

@@ -116,9 +116,13 @@ class Module:
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str):
-        # Only called when normal lookup fails: look in the registries.
+        # Only called when normal lookup fails: look in the registries (parameters first:
+        # a layer's forward reads its weight and bias this way at every call).
         d = self.__dict__
-        for registry in ("_parameters", "_buffers", "_modules"):
+        parameters = d.get("_parameters")
+        if parameters is not None and name in parameters:
+            return parameters[name]
+        for registry in ("_buffers", "_modules"):
             if registry in d and name in d[registry]:
                 return d[registry][name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
