@@ -61,6 +61,34 @@ def test_graph_is_freed_after_backward_and_a_second_backward_raises():
         y.backward()
 
 
+def test_backward_through_a_partly_freed_graph_raises_before_any_grad_changes():
+    # z's own ops are fresh, but they reach y's freed graph: the error comes from the
+    # graph walk that precedes every gradient, so w keeps no partial gradient.
+    x = tg.Tensor([1.0, 2.0], requires_grad=True)
+    w = tg.Tensor([3.0, 4.0], requires_grad=True)
+    y = x.exp() * 2.0
+    y.sum().backward()
+    z = (y * w).sum() + (w * w).sum()
+    with pytest.raises(RuntimeError, match="second time"):
+        z.backward()
+    assert w.grad is None
+
+
+def test_an_early_tensor_used_by_a_much_later_op_waits_for_every_consumer(device):
+    # Ops run in reverse recording order: u (recorded first) must collect the gradient
+    # of the op recorded last before its own backward runs.
+    a = tg.Tensor([0.5, -1.5], dtype=tg.float64, device=device, requires_grad=True)
+    u = a * a
+    v = u.tanh()
+    for _ in range(5):
+        v = v * 1.5 + 0.1
+    y = (v + u * 3.0).sum()
+    y.backward()
+    x = np.array([0.5, -1.5])
+    expected = (1.5 ** 5 * (1 - np.tanh(x * x) ** 2) + 3.0) * 2 * x
+    np.testing.assert_allclose(a.grad.numpy(), expected, rtol=1e-12)
+
+
 def test_retain_graph_allows_a_second_backward():
     x = tg.Tensor([1.0, 2.0], requires_grad=True)
     y = (x * x).sum()
@@ -212,3 +240,50 @@ def test_sparse_row_gradients_accumulate_into_leaves():
     dense = np.zeros((6, 2))
     dense[[1, 4, 5]] = [[2, 2], [1, 1], [1, 1]]
     np.testing.assert_array_equal(table.grad.to_dense(), dense)
+
+
+def test_an_op_reads_its_output_only_when_it_declares_uses_output():
+    from tinygrad_sgd.tensor import Function
+
+    class Exp(Function):
+        def forward(self, x):
+            return np.exp(x)
+
+        def backward(self, grad):
+            return (grad * self.output,)
+
+    class DeclaredExp(Exp):
+        uses_output = True
+
+    x = tg.Tensor([0.5, 1.0], dtype=tg.float64, requires_grad=True)
+    with pytest.raises(AttributeError, match="uses_output"):
+        Exp.apply(x).sum().backward()
+    x.grad = None
+    DeclaredExp.apply(x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.exp([0.5, 1.0]), rtol=1e-12)
+
+
+def test_an_op_that_takes_raw_grads_gets_an_array_plainly_and_a_tensor_under_create_graph():
+    from tinygrad_sgd.ops import plain_operands
+    from tinygrad_sgd.tensor import Function
+
+    seen = []
+
+    class Square(Function):
+        takes_raw_grad = True
+
+        def forward(self, x):
+            return x * x
+
+        def backward(self, grad):
+            seen.append(type(grad))
+            grad, x = plain_operands(grad, self.inputs[0])
+            return (grad * x * 2.0,)
+
+    x = tg.Tensor([0.5, -2.0], dtype=tg.float64, requires_grad=True)
+    Square.apply(x).sum().backward()
+    (g,) = tg.autograd.grad(Square.apply(x).sum(), x, create_graph=True)
+    assert seen == [np.ndarray, Tensor]
+    np.testing.assert_allclose(x.grad.numpy(), [1.0, -4.0])
+    np.testing.assert_allclose(g.detach().numpy(), [1.0, -4.0])
+    assert g.requires_grad  # recorded: differentiable again

@@ -718,7 +718,11 @@ class Function:
     def output(self) -> Tensor:
         """The tensor this op produced (alive whenever its backward runs; kept only by
         ops that declare ``uses_output``)."""
-        return self._output_ref()
+        try:
+            return self._output_ref()
+        except AttributeError:
+            raise AttributeError(f"{type(self).__name__}.output is not kept: set uses_output = True "
+                                 "on the class of an op whose backward reads its output") from None
 
     def grad_buffer(self, index: int):
         """An array that input ``index``'s gradient may be written into (``out=``), or None.
