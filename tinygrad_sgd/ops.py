@@ -428,16 +428,18 @@ class Sum(Function):
     def backward(self, grad):
         # Every summed element gets the upstream gradient (times 1/count for a mean).
         shape = self.inputs[0].data.shape
-        if self.scale != 1.0:
-            grad = grad * self.scale
-        if not self.keepdims:
+        if not self.keepdims and grad.ndim:  # (a 0-d gradient, of a full sum, broadcasts as it is)
             grad = grad.reshape(_keepdims_shape(shape, self.axis))
         if isinstance(grad, Tensor):
-            return (grad.broadcast_to(shape),)
+            return ((grad * self.scale if self.scale != 1.0 else grad).broadcast_to(shape),)
         # Filled, not a broadcast view: np.broadcast_to costs ~5 us of Python, and a
         # read-only view would be copied anyway if it became a leaf's .grad.
-        out = get_array_module(grad).empty(shape, dtype=grad.dtype)
-        out[...] = grad
+        xp = get_array_module(grad)
+        out = xp.empty(shape, dtype=grad.dtype)
+        if self.scale != 1.0:
+            xp.multiply(grad, self.scale, out=out)  # scaled and broadcast in one pass
+        else:
+            out[...] = grad
         return (out,)
 
 
