@@ -114,10 +114,12 @@ class NumpyMLP:
 
 
 class EngineMLP:
-    """The same step with tinygrad_sgd Tensors and autograd."""
+    """The same step with tinygrad_sgd Tensors and autograd (``engine``: the package, so
+    that engine_ab.py can run an earlier revision's copy beside this one)."""
 
-    def __init__(self, params, lr=0.01, momentum=0.9):
-        self.params = [tg.Tensor(p, requires_grad=True) for p in params]
+    def __init__(self, params, lr=0.01, momentum=0.9, engine=tg):
+        self.tg = engine
+        self.params = [engine.Tensor(p, requires_grad=True) for p in params]
         self.buffers = [np.zeros_like(p) for p in params]
         self.lr, self.momentum = lr, momentum
 
@@ -128,9 +130,9 @@ class EngineMLP:
         h1 = (x @ w1.T + b1).relu()
         h2 = (h1 @ w2.T + b2).relu()
         logits = h2 @ w3.T + b3
-        loss = -logits.log_softmax(axis=1)[tg.arange(x.shape[0]), y].mean()
+        loss = -logits.log_softmax(axis=1)[self.tg.arange(x.shape[0]), y].mean()
         loss.backward()
-        with tg.no_grad():
+        with self.tg.no_grad():
             for p, buf in zip(self.params, self.buffers):
                 buf *= self.momentum
                 buf += p.grad.data

@@ -1,0 +1,103 @@
+"""The raw-op MLP step of op_overhead.py with this working tree's engine and with an earlier
+revision's, both against hand-written NumPy, timed in alternating rounds in one process.
+
+    python benchmarks/engine_ab.py [REV] [--batch 128] [--rounds 21] [--steps 20]
+
+REV defaults to HEAD: what the uncommitted changes do.
+
+On a shared machine the speed of every step drifts by more than most changes move it, so
+two separate runs of op_overhead.py cannot tell a 5% change from the drift. Here the
+earlier revision's ``tinygrad_sgd`` and ``kernels`` (taken with ``git archive REV``) are
+imported under another name beside this tree's package, and the three steps take turns,
+so the drift hits all of them alike. Prints the median step time of each and its ratio to
+NumPy's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tinygrad_sgd as tg
+from op_overhead import SIZES, EngineMLP, NumpyMLP, make_params
+
+REPO = Path(__file__).resolve().parent.parent
+OLD_NAME = "tinygrad_sgd_at_rev"
+
+
+def import_revision(rev: str, into: Path):
+    """``tinygrad_sgd`` as it was at ``rev``, importable as ``OLD_NAME`` (its imports are
+    relative, so the package works under any name; ``kernels`` goes inside it, where
+    setup.cfg's package mapping puts it)."""
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev, "tinygrad_sgd", "kernels"],
+                                 check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", b"") or b""
+        raise SystemExit(f"engine_ab: cannot read revision {rev!r} from a git checkout at {REPO}: "
+                         f"{detail.decode(errors='replace').strip() or error}") from None
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse paths outside `into`
+            tar.extractall(into, filter="data")
+        else:
+            tar.extractall(into)
+    package = into / OLD_NAME
+    (into / "tinygrad_sgd").rename(package)
+    kernels_link = package / "kernels"
+    if kernels_link.is_symlink() or kernels_link.exists():  # a checkout may carry a link
+        kernels_link.unlink()
+    (into / "kernels").rename(kernels_link)
+    sys.path.insert(0, str(into))
+    return importlib.import_module(OLD_NAME)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rev", nargs="?", default="HEAD", help="the earlier revision (a commit, tag or branch; "
+                        "default HEAD)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--steps", type=int, default=20, help="steps per round")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        old_tg = import_revision(args.rev, Path(tmp))
+        rng = np.random.default_rng(1)
+        params = make_params()
+        x = rng.standard_normal((args.batch, SIZES[0])).astype(np.float32)
+        y = rng.integers(0, SIZES[-1], args.batch)
+        numpy_model = NumpyMLP(params)
+        models = {f"engine at {args.rev}": (EngineMLP(params, engine=old_tg), old_tg),
+                  "engine (this tree)": (EngineMLP(params), tg)}
+        steps = {"numpy": lambda: numpy_model.step(x, y)}
+        for name, (model, engine) in models.items():
+            xt, yt = engine.Tensor(x), engine.Tensor(y)
+            steps[name] = lambda model=model, xt=xt, yt=yt: model.step(xt, yt)
+        times = {name: [] for name in steps}
+        for fn in steps.values():
+            for _ in range(5):
+                fn()
+        for _ in range(args.rounds):
+            for name, fn in steps.items():
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    fn()
+                times[name].append((time.perf_counter() - start) / args.steps)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    print(f"# engine_ab  batch {args.batch}  {args.rounds} rounds of {args.steps} steps  {time.strftime('%Y-%m-%d')}")
+    print(f"{'step':<32}{'ms':>10}{'/ numpy':>10}")
+    for name, t in medians.items():
+        print(f"{name:<32}{t * 1e3:>10.3f}{t / medians['numpy']:>9.3f}x")
+
+
+if __name__ == "__main__":
+    main()
