@@ -1,5 +1,6 @@
-"""The raw-op MLP step of op_overhead.py with this working tree's engine and with an earlier
-revision's, both against hand-written NumPy, timed in alternating rounds in one process.
+"""Two MLP steps with this working tree's engine and with an earlier revision's, all against
+hand-written NumPy, timed in alternating rounds in one process: op_overhead.py's raw-op
+step, and mlp_train.py's library step (``tg.nn.Linear`` + cross-entropy + fused SGD).
 
     python benchmarks/engine_ab.py [REV] [--batch 128] [--rounds 21] [--steps 20]
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import tinygrad_sgd as tg
+from mlp_train import engine_model
 from op_overhead import SIZES, EngineMLP, NumpyMLP, make_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +63,15 @@ def import_revision(rev: str, into: Path):
     return importlib.import_module(OLD_NAME)
 
 
+def library_step(model, loss_fn, optimizer, x, y):
+    def step():
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rev", nargs="?", default="HEAD", help="the earlier revision (a commit, tag or branch; "
@@ -76,12 +87,12 @@ def main() -> None:
         x = rng.standard_normal((args.batch, SIZES[0])).astype(np.float32)
         y = rng.integers(0, SIZES[-1], args.batch)
         numpy_model = NumpyMLP(params)
-        models = {f"engine at {args.rev}": (EngineMLP(params, engine=old_tg), old_tg),
-                  "engine (this tree)": (EngineMLP(params), tg)}
         steps = {"numpy": lambda: numpy_model.step(x, y)}
-        for name, (model, engine) in models.items():
+        for label, engine in ((f"at {args.rev}", old_tg), ("this tree", tg)):
             xt, yt = engine.Tensor(x), engine.Tensor(y)
-            steps[name] = lambda model=model, xt=xt, yt=yt: model.step(xt, yt)
+            raw = EngineMLP(params, engine=engine)
+            steps[f"raw ops, {label}"] = lambda raw=raw, xt=xt, yt=yt: raw.step(xt, yt)
+            steps[f"tg.nn, {label}"] = library_step(*engine_model(params, engine=engine), xt, yt)
         times = {name: [] for name in steps}
         for fn in steps.values():
             for _ in range(5):

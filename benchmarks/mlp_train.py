@@ -39,16 +39,18 @@ LR, MOMENTUM = 0.01, 0.9
 SETTLE_S = 0.25  # pause before each timed epoch (see main)
 
 
-def engine_model(params):
+def engine_model(params, engine=tg):
+    """The MLP, its loss and its optimizer, built with ``engine`` (the tinygrad_sgd package,
+    or engine_ab.py's copy of an earlier revision)."""
     layers = []
     for i in range(0, len(params), 2):
-        linear = tg.nn.Linear(params[i].shape[1], params[i].shape[0])
-        with tg.no_grad():
+        linear = engine.nn.Linear(params[i].shape[1], params[i].shape[0])
+        with engine.no_grad():
             linear.weight.data[...] = params[i]
             linear.bias.data[...] = params[i + 1]
-        layers += [linear, tg.nn.ReLU()]
-    model = tg.nn.Sequential(*layers[:-1])
-    return model, tg.nn.CrossEntropyLoss(), tg.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        layers += [linear, engine.nn.ReLU()]
+    model = engine.nn.Sequential(*layers[:-1])
+    return model, engine.nn.CrossEntropyLoss(), engine.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
 
 def torch_model(params):

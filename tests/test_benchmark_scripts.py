@@ -76,6 +76,6 @@ def test_engine_ab_runs_an_earlier_revision_beside_this_tree():
     assert result.returncode == 0, result.stderr
     rows = result.stdout.splitlines()[2:]
     names = [row.rsplit(maxsplit=2)[0] for row in rows]
-    assert names == ["numpy", "engine at HEAD", "engine (this tree)"]
+    assert names == ["numpy", "raw ops, at HEAD", "tg.nn, at HEAD", "raw ops, this tree", "tg.nn, this tree"]
     ratios = [float(row.rsplit(maxsplit=1)[1].rstrip("x")) for row in rows]
     assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
