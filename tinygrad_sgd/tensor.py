@@ -650,9 +650,11 @@ class Function:
     (``create_graph=True``). When it is not (``is_grad_enabled()`` is False, the usual
     ``loss.backward()``), an op may apply the same formulas to the raw arrays instead
     (``ops.plain_operands``) and return raw arrays, which skips one Tensor dispatch per
-    formula term; the engine accepts either. ``self.inputs`` holds the input tensors,
-    ``self.output`` the output tensor (while it is alive), ``self.needs_input_grad``
-    which inputs want a gradient.
+    formula term; the engine accepts either. An op whose formulas run on both declares
+    ``takes_raw_grad = True`` and then also receives ``grad`` as an array in a plain
+    backward. ``self.inputs`` holds the input tensors, ``self.needs_input_grad`` which
+    inputs want a gradient, and ``self.output`` the output tensor (while it is alive) for
+    an op that declares ``uses_output = True``.
     """
 
     released = False  # set once backward has freed what the op saved
