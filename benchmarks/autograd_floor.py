@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
-import statistics
 import time
 
 import numpy as np
 
 import tinygrad_sgd as tg
-from op_overhead import SIZES, EngineMLP, NumpyMLP, make_params
+from op_overhead import SIZES, EngineMLP, NumpyMLP, interleaved_times, make_params
 
 _serial = itertools.count()
 
@@ -145,17 +144,7 @@ def main() -> None:
     assert max(losses) - min(losses) < 1e-4, f"the three steps disagree: {losses}"  # same math
     steps = {"numpy": lambda: numpy_model.step(x, y), "minimal autograd": lambda: minimal_model.step(x, y),
              "engine (raw ops)": lambda: engine_model.step(xt, yt)}
-    times = {name: [] for name in steps}
-    for fn in steps.values():
-        for _ in range(5):
-            fn()
-    for _ in range(args.rounds):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                fn()
-            times[name].append((time.perf_counter() - start) / args.steps)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = interleaved_times(steps, args.steps, rounds=args.rounds, warmup=5)
     print(f"# autograd_floor  batch {args.batch}  numpy {np.__version__}  python {platform.python_version()}  "
           f"{time.strftime('%Y-%m-%d')}")
     print(f"{'step':<20}{'ms':>10}{'/ numpy':>10}")

@@ -9,7 +9,7 @@ REV defaults to HEAD: what the uncommitted changes do.
 On a shared machine the speed of every step drifts by more than most changes move it, so
 two separate runs of op_overhead.py cannot tell a 5% change from the drift. Here the
 earlier revision's ``tinygrad_sgd`` and ``kernels`` (taken with ``git archive REV``) are
-imported under another name beside this tree's package, and the three steps take turns,
+imported under another name beside this tree's package, and the steps take turns,
 so the drift hits all of them alike. Prints the median step time of each and its ratio to
 NumPy's.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -31,7 +30,7 @@ import numpy as np
 
 import tinygrad_sgd as tg
 from mlp_train import engine_model
-from op_overhead import SIZES, EngineMLP, NumpyMLP, make_params
+from op_overhead import SIZES, EngineMLP, NumpyMLP, interleaved_times, make_params
 
 REPO = Path(__file__).resolve().parent.parent
 OLD_NAME = "tinygrad_sgd_at_rev"
@@ -93,17 +92,7 @@ def main() -> None:
             raw = EngineMLP(params, engine=engine)
             steps[f"raw ops, {label}"] = lambda raw=raw, xt=xt, yt=yt: raw.step(xt, yt)
             steps[f"tg.nn, {label}"] = library_step(*engine_model(params, engine=engine), xt, yt)
-        times = {name: [] for name in steps}
-        for fn in steps.values():
-            for _ in range(5):
-                fn()
-        for _ in range(args.rounds):
-            for name, fn in steps.items():
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    fn()
-                times[name].append((time.perf_counter() - start) / args.steps)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+        medians = interleaved_times(steps, args.steps, rounds=args.rounds, warmup=5)
     print(f"# engine_ab  batch {args.batch}  {args.rounds} rounds of {args.steps} steps  {time.strftime('%Y-%m-%d')}")
     print(f"{'step':<32}{'ms':>10}{'/ numpy':>10}")
     for name, t in medians.items():

@@ -34,18 +34,21 @@ def median_time(fn, repeats: int, rounds: int = 7) -> float:
     return statistics.median(times)
 
 
-def interleaved_times(engine, baseline, repeats: int, rounds: int = 11) -> tuple[float, float]:
-    """Median per-call times of two functions timed in alternating rounds, so that a
-    change in machine load during the run affects both sides alike."""
-    engine(), baseline()
-    engine_times, baseline_times = [], []
+def interleaved_times(steps: dict, repeats: int, rounds: int = 11, warmup: int = 1) -> dict:
+    """Median per-call time of each named function in ``steps``, all timed in alternating
+    rounds (``repeats`` calls each per round), so that a change in machine load during the
+    run affects every side alike."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in steps}
     for _ in range(rounds):
-        for fn, times in ((engine, engine_times), (baseline, baseline_times)):
+        for name, fn in steps.items():
             start = time.perf_counter()
             for _ in range(repeats):
                 fn()
-            times.append((time.perf_counter() - start) / repeats)
-    return statistics.median(engine_times), statistics.median(baseline_times)
+            times[name].append((time.perf_counter() - start) / repeats)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def per_op_overhead(repeats: int) -> list[tuple[str, float, float]]:
@@ -151,9 +154,9 @@ def mlp_comparison(batch_sizes, repeats: int):
         numpy_model, engine_model = NumpyMLP(params), EngineMLP(params)
         # Same math: the first losses agree before timing starts.
         assert abs(float(numpy_model.step(x_np, y_np)) - engine_model.step(x, y).item()) < 1e-4
-        t_engine, t_numpy = interleaved_times(lambda: engine_model.step(x, y),
-                                              lambda: numpy_model.step(x_np, y_np), repeats)
-        rows.append((batch, t_engine, t_numpy))
+        medians = interleaved_times({"engine": lambda: engine_model.step(x, y),
+                                     "numpy": lambda: numpy_model.step(x_np, y_np)}, repeats)
+        rows.append((batch, medians["engine"], medians["numpy"]))
     return rows
 
 
