@@ -113,7 +113,7 @@ class Tensor:
     """
 
     __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_device", "_retains_grad", "_grad_buffer",
-                 "__weakref__")
+                 "_version_counter", "__weakref__")
 
     # Let NumPy hand `ndarray * tensor` to Tensor.__rmul__ instead of looping over elements.
     __array_ufunc__ = None
@@ -137,6 +137,7 @@ class Tensor:
         self._device = device
         self._retains_grad = False
         self._grad_buffer = None
+        self._version_counter = [0]
         self._requires_grad = False
         if requires_grad:
             self.requires_grad = True
@@ -152,6 +153,7 @@ class Tensor:
         tensor._device = device
         tensor._retains_grad = False
         tensor._grad_buffer = None
+        tensor._version_counter = [0]
         tensor._requires_grad = requires_grad
         return tensor
 
@@ -277,8 +279,20 @@ class Tensor:
         return bool(self.item())
 
     def detach(self) -> "Tensor":
-        """A new leaf sharing the same data, cut from the graph."""
-        return Tensor._make(self.data, self._device)
+        """A new leaf sharing the same data (and version counter), cut from the graph."""
+        tensor = Tensor._make(self.data, self._device)
+        tensor._version_counter = self._version_counter
+        return tensor
+
+    @property
+    def _version(self) -> int:
+        """How many times the data was changed in place (PyTorch's ``_version``)."""
+        return self._version_counter[0]
+
+    def _mark_dirty(self) -> None:
+        """Record an in-place change of the data (``x[...] = v``, an optimizer step):
+        a backward that saved this tensor before the change then refuses to run."""
+        self._version_counter[0] += 1
 
     def to(self, device=None, dtype=None) -> "Tensor":
         """Move to ``device`` and/or cast to ``dtype`` (differentiable, like torch)."""
