@@ -113,7 +113,7 @@ class Tensor:
     """
 
     __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_device", "_retains_grad", "_grad_buffer",
-                 "_version_counter", "__weakref__")
+                 "_version_counter", "_post_accumulate_grad_hooks", "__weakref__")
 
     # Let NumPy hand `ndarray * tensor` to Tensor.__rmul__ instead of looping over elements.
     __array_ufunc__ = None
@@ -138,6 +138,7 @@ class Tensor:
         self._retains_grad = False
         self._grad_buffer = None
         self._version_counter = [0]
+        self._post_accumulate_grad_hooks = None
         self._requires_grad = False
         if requires_grad:
             self.requires_grad = True
@@ -154,6 +155,7 @@ class Tensor:
         tensor._retains_grad = False
         tensor._grad_buffer = None
         tensor._version_counter = [0]
+        tensor._post_accumulate_grad_hooks = None
         tensor._requires_grad = requires_grad
         return tensor
 
@@ -223,6 +225,20 @@ class Tensor:
     def grad_fn(self):
         """The Function that produced this tensor, or None for a leaf."""
         return self._ctx
+
+    def register_post_accumulate_grad_hook(self, hook) -> None:
+        """Call ``hook(tensor)`` each time ``backward()`` has added a gradient into this
+        leaf's ``.grad`` (``torch.Tensor.register_post_accumulate_grad_hook``): how
+        ``DistributedDataParallel`` starts averaging a gradient as soon as it is complete."""
+        if self._ctx is not None:
+            raise RuntimeError("post-accumulate-grad hooks can only be registered on leaf tensors")
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a post-accumulate-grad hook on a tensor that does not require grad")
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        if self._post_accumulate_grad_hooks is None:
+            self._post_accumulate_grad_hooks = []
+        self._post_accumulate_grad_hooks.append(hook)
 
     def retain_grad(self) -> None:
         """Keep ``.grad`` on this non-leaf tensor after backward (for inspection)."""
@@ -972,6 +988,9 @@ def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: boo
                     continue
                 if parent._ctx is None:
                     deliver(parent, pg)
+                    if parent._post_accumulate_grad_hooks is not None and wanted is None:
+                        for hook in parent._post_accumulate_grad_hooks:
+                            hook(parent)
                 else:
                     pending = grads.get(parent)
                     grads[parent] = pg if pending is None else pending + pg
