@@ -1,20 +1,27 @@
-"""Fused CPU kernels: Numba ``@njit(parallel=True)`` loops over flat buffers.
+"""Fused CPU kernels: Numba ``@njit(parallel=True)`` multi-tensor loops.
 
-Each optimizer update reads every buffer once and writes each state buffer once, in one
-parallel pass (``prange`` splits the flat index range over the cores). The per-element
-arithmetic is written once below, as plain Python functions (``*_element``), and compiled
-twice: here for the CPU (inlined into the ``prange`` loops) and in ``cuda.py`` for the GPU
-(as device functions called from grid-stride loops). So the two targets cannot drift apart.
+One call updates every tensor of a list (a parameter group's parameters of one dtype):
+``prange`` runs over the rows of the chunk table that ``host.py`` builds (``(tensor,
+start, stop)``), so many small tensors are processed in parallel across tensors and a
+large tensor is split across the cores. Each update reads every array once and writes
+each state array once. The per-element arithmetic is written once below, as plain Python
+functions (``*_element``), and compiled twice: here for the CPU (inlined into the
+``prange`` loops) and in ``cuda.py`` for the GPU (as device functions called from the
+chunk loops of one launch). So the two targets cannot drift apart; the readable NumPy
+specification they implement is each optimizer's ``_single_tensor_*`` function in
+``tinygrad_sgd.optim``.
+
+The element bodies index their arguments (``p[i]``); the loops hand them typed pointers
+made from the addresses in the pointer table (``_pointer``), which Numba indexes like a
+1-D array without bounds checks (the chunk table keeps ``i`` inside its tensor).
 
 Rules for the element functions (both compilers must produce dtype-pure arithmetic):
 
 * no numeric literals: every constant (``1 - beta1``, ``-lr``, ...) arrives as an argument
-  already rounded to the buffers' dtype by ``host.py``; a bare ``0.9`` or ``1`` would make
+  already rounded to the arrays' dtype by ``host.py``; a bare ``0.9`` or ``1`` would make
   Numba compute in float64 (and emit ``.f64`` instructions on the GPU);
-* only ``+ - * /``, comparisons and ``math.sqrt``, each rounded to the dtype, in the same
-  order as the NumPy reference in ``reference.py`` (which follows torch.optim's
-  single-tensor code). With ``fastmath=False`` nothing is re-associated or contracted into
-  fused multiply-adds, so the CPU kernels agree with the reference to the last bit;
+* only ``+ - * /``, comparisons and ``math.sqrt``, each rounded to the dtype. With
+  ``fastmath=False`` nothing is re-associated or contracted into fused multiply-adds;
 * an element function never calls another one (a CUDA device function calling a device
   function cannot be compiled to PTX without a GPU present); the kernels chain them.
 
@@ -22,9 +29,8 @@ Numba settings: ``parallel=True`` (``prange``), ``error_model="numpy"`` (divisio
 gives inf/nan like NumPy instead of raising; Numba's default 'python' model also blocks
 vectorising ``/``), ``fastmath=False`` (exact IEEE order), ``cache=True`` (compiled code is
 kept in ``__pycache__``; the signatures are one per dtype because ``host.py`` casts every
-scalar to the buffers' dtype and replaces absent buffers by the parameter buffer). Numba's
-cache watches only the file of the cached function, which is why the element bodies live in
-this file next to the loops that inline them.
+scalar to the arrays' dtype). Numba's cache watches only the file of the cached function,
+which is why the element bodies live in this file next to the loops that inline them.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core.extending import intrinsic
 
 from . import host
 
@@ -42,17 +49,14 @@ from . import host
 # --------------------------------------------------------------------------------------
 
 
-def grad_element(i, p, g, noise, grad_scale, weight_decay, has_noise, maximize, use_weight_decay):
+def grad_element(i, p, g, grad_scale, weight_decay, maximize, use_weight_decay):
     """The gradient every optimizer starts from (torch.optim order):
 
-        g <- grad_scale * g          # norm clipping folded into the update (1 when unused)
-        g <- g + noise               # optional pre-drawn gradient noise
+        g <- grad_scale * g          # 1/k accumulation x clipping coefficient x 1/world size
         g <- -g                      # maximize
         g <- g + weight_decay * p    # L2 penalty (coupled weight decay)
     """
     gi = g[i] * grad_scale
-    if has_noise:
-        gi = gi + noise[i]
     if maximize:
         gi = -gi
     if use_weight_decay:
@@ -120,91 +124,108 @@ def adagrad_element(i, gi, p, state_sum, eps, neg_clr):
     p[i] = p[i] + (neg_clr * gi) / (math.sqrt(si) + eps)          # p = p - clr*g/(sqrt(sum)+eps)
 
 
-def accumulate_element(i, acc, g, scale, first):
-    if first:
-        acc[i] = g[i] * scale          # the first micro-batch overwrites: no zeroing pass
-    else:
-        acc[i] = acc[i] + g[i] * scale
-
-
-def average_element(i, acc, count):
-    acc[i] = acc[i] / count
-
-
 # --------------------------------------------------------------------------------------
 # CPU loops
 # --------------------------------------------------------------------------------------
 
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """``address`` (an int64 from the pointer table) as a pointer to ``like``'s type."""
+    sig = types.CPointer(like)(address, like)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
 # inline="always" splices the body into the prange loop at Numba-IR level; a plain call is
-# not inlined by LLVM here and costs ~25x (measured: 245 ms against 9 ms for 10M-element Adam).
+# not inlined by LLVM here and costs many times the memory-bound loop (docs/benchmarks.md).
 _inline = njit(inline="always", error_model="numpy", fastmath=False)
 _grad = _inline(grad_element)
 _sgd = _inline(sgd_element)
 _adam = _inline(adam_element)
 _rmsprop = _inline(rmsprop_element)
 _adagrad = _inline(adagrad_element)
-_accumulate = _inline(accumulate_element)
-_average = _inline(average_element)
 
 _PARALLEL = dict(parallel=True, cache=True, fastmath=False, error_model="numpy", nogil=True)
 
-
-@njit(**_PARALLEL)
-def _sgd_loop(p, g, buf, noise, grad_scale, weight_decay, momentum, one_minus_dampening, neg_lr, has_noise,
-              maximize, use_weight_decay, use_momentum, first_step, nesterov):
-    for i in prange(p.size):
-        gi = _grad(i, p, g, noise, grad_scale, weight_decay, has_noise, maximize, use_weight_decay)
-        _sgd(i, gi, p, buf, momentum, one_minus_dampening, neg_lr, use_momentum, first_step, nesterov)
+# Every loop: ptrs[0] parameters, ptrs[1] gradients, ptrs[2:] state arrays (host.tables);
+# chunks rows (tensor, start, stop); then the scalars of host.*_scalars in order.
 
 
 @njit(**_PARALLEL)
-def _adam_loop(p, g, m, v, v_max, noise, grad_scale, weight_decay, decay_factor, one_minus_beta1, beta2,
-               one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, has_noise, maximize, l2_decay,
-               decoupled_decay, amsgrad):
-    for i in prange(p.size):
-        gi = _grad(i, p, g, noise, grad_scale, weight_decay, has_noise, maximize, l2_decay)
-        _adam(i, gi, p, m, v, v_max, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
-              bias_correction2_sqrt, eps, neg_step_size, decoupled_decay, amsgrad)
+def sgd_loop(ptrs, chunks, grad_scale, weight_decay, momentum, one_minus_dampening, neg_lr, maximize,
+             use_weight_decay, use_momentum, first_step, nesterov):
+    for c in prange(chunks.shape[0]):
+        t = chunks[c, 0]
+        p = _pointer(ptrs[0, t], grad_scale)
+        g = _pointer(ptrs[1, t], grad_scale)
+        buf = _pointer(ptrs[2, t], grad_scale)
+        for i in range(chunks[c, 1], chunks[c, 2]):
+            gi = _grad(i, p, g, grad_scale, weight_decay, maximize, use_weight_decay)
+            _sgd(i, gi, p, buf, momentum, one_minus_dampening, neg_lr, use_momentum, first_step, nesterov)
 
 
 @njit(**_PARALLEL)
-def _rmsprop_loop(p, g, square_avg, buf, grad_avg, noise, grad_scale, weight_decay, alpha, one_minus_alpha, eps,
-                  momentum, neg_lr, has_noise, maximize, use_weight_decay, use_momentum, centered):
-    for i in prange(p.size):
-        gi = _grad(i, p, g, noise, grad_scale, weight_decay, has_noise, maximize, use_weight_decay)
-        _rmsprop(i, gi, p, square_avg, buf, grad_avg, alpha, one_minus_alpha, eps, momentum, neg_lr,
-                 use_momentum, centered)
+def adam_loop(ptrs, chunks, grad_scale, weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
+              bias_correction2_sqrt, eps, neg_step_size, maximize, l2_decay, decoupled_decay, amsgrad):
+    for c in prange(chunks.shape[0]):
+        t = chunks[c, 0]
+        p = _pointer(ptrs[0, t], grad_scale)
+        g = _pointer(ptrs[1, t], grad_scale)
+        m = _pointer(ptrs[2, t], grad_scale)
+        v = _pointer(ptrs[3, t], grad_scale)
+        v_max = _pointer(ptrs[4, t], grad_scale)
+        for i in range(chunks[c, 1], chunks[c, 2]):
+            gi = _grad(i, p, g, grad_scale, weight_decay, maximize, l2_decay)
+            _adam(i, gi, p, m, v, v_max, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
+                  bias_correction2_sqrt, eps, neg_step_size, decoupled_decay, amsgrad)
 
 
 @njit(**_PARALLEL)
-def _adagrad_loop(p, g, state_sum, noise, grad_scale, weight_decay, eps, neg_clr, has_noise, maximize,
-                  use_weight_decay):
-    for i in prange(p.size):
-        gi = _grad(i, p, g, noise, grad_scale, weight_decay, has_noise, maximize, use_weight_decay)
-        _adagrad(i, gi, p, state_sum, eps, neg_clr)
+def rmsprop_loop(ptrs, chunks, grad_scale, weight_decay, alpha, one_minus_alpha, eps, momentum, neg_lr, maximize,
+                 use_weight_decay, use_momentum, centered):
+    for c in prange(chunks.shape[0]):
+        t = chunks[c, 0]
+        p = _pointer(ptrs[0, t], grad_scale)
+        g = _pointer(ptrs[1, t], grad_scale)
+        square_avg = _pointer(ptrs[2, t], grad_scale)
+        buf = _pointer(ptrs[3, t], grad_scale)
+        grad_avg = _pointer(ptrs[4, t], grad_scale)
+        for i in range(chunks[c, 1], chunks[c, 2]):
+            gi = _grad(i, p, g, grad_scale, weight_decay, maximize, use_weight_decay)
+            _rmsprop(i, gi, p, square_avg, buf, grad_avg, alpha, one_minus_alpha, eps, momentum, neg_lr,
+                     use_momentum, centered)
 
 
 @njit(**_PARALLEL)
-def _accumulate_loop(acc, g, scale, first):
-    for i in prange(acc.size):
-        _accumulate(i, acc, g, scale, first)
-
-
-@njit(**_PARALLEL)
-def _average_loop(acc, count):
-    for i in prange(acc.size):
-        _average(i, acc, count)
+def adagrad_loop(ptrs, chunks, grad_scale, weight_decay, eps, neg_clr, maximize, use_weight_decay):
+    for c in prange(chunks.shape[0]):
+        t = chunks[c, 0]
+        p = _pointer(ptrs[0, t], grad_scale)
+        g = _pointer(ptrs[1, t], grad_scale)
+        state_sum = _pointer(ptrs[2, t], grad_scale)
+        for i in range(chunks[c, 1], chunks[c, 2]):
+            gi = _grad(i, p, g, grad_scale, weight_decay, maximize, use_weight_decay)
+            _adagrad(i, gi, p, state_sum, eps, neg_clr)
 
 
 # Reductions accumulate in float64 whatever the input dtype: a float32 running sum over 10M
 # squares loses ~3 digits, the float64 one none that matter.
 
 @njit(**_PARALLEL)
-def _sum_of_squares(x):
+def sum_of_squares_loop(ptrs, chunks, like):
+    """sum over every tensor of the table of x_i^2 (the global gradient norm squared)."""
     total = 0.0
-    for i in prange(x.size):
-        xi = np.float64(x[i])
-        total += xi * xi
+    for c in prange(chunks.shape[0]):
+        x = _pointer(ptrs[0, chunks[c, 0]], like)
+        s = 0.0
+        for i in range(chunks[c, 1], chunks[c, 2]):
+            xi = np.float64(x[i])
+            s += xi * xi
+        total += s
     return total
 
 
@@ -241,17 +262,30 @@ def _mean_and_spread(x, factors, mean_out):
 
 
 # --------------------------------------------------------------------------------------
-# Public functions (same signatures as reference.py; NumPy arrays only)
+# What dispatch.py and host.py need from a device kind
 # --------------------------------------------------------------------------------------
+
+ARRAY_KIND = "NumPy array"
+
+
+def accepts(array) -> bool:
+    return type(array) is np.ndarray
+
+
+def address(array) -> int:
+    """The address of a NumPy array's first element (the pointer table's entries)."""
+    return array.ctypes.data
+
+
+def to_device_table(table: np.ndarray) -> np.ndarray:
+    return table  # the CPU loops read the NumPy table itself
+
 
 # Below this many elements a call runs its loop on the calling thread only. Waking the
 # other threads costs ~10-20 us alone, and far more inside a training step: the update
 # follows the backward pass's matrix products, whose BLAS threads keep spinning on every
-# core for a while, so a Numba parallel region waits for the scheduler. Measured on the
-# 2-core development machine (SGD momentum, float32): 270k parameters 0.10 ms on 2 threads
-# alone, 7-18 ms on 2 threads right after a matmul, 0.15-0.6 ms on 1 thread either way;
-# at 2M, 2.2-2.6 ms on 1 thread against 13-16 ms on 2 threads under load; at 10M, 2
-# threads still win (31-37 ms against 37-53 ms under load).
+# core for a while, so a Numba parallel region waits for the scheduler (measured figures
+# in docs/benchmarks.md).
 PARALLEL_MIN_SIZE = 1 << 22
 
 
@@ -259,11 +293,10 @@ def _thread_count_functions():
     """``(get, set)`` for the calling thread's Numba thread count.
 
     The public ``numba.get_num_threads`` / ``set_num_threads`` take two locks (one of them
-    a multiprocessing lock) on every call: three calls cost ~45 us per kernel call inside a
-    training step (measured, 784-256-256-10 MLP, batch 128), a quarter of the update
-    itself. They check the argument and start the thread pool, then call two C functions
-    that Numba binds at start-up; once the pool is running this module calls those
-    directly. Should a Numba release rename them, the public functions serve instead.
+    a multiprocessing lock) on every call, a large share of a small update's time. They
+    check the argument and start the thread pool, then call two C functions that Numba
+    binds at start-up; once the pool is running this module calls those directly. Should
+    a Numba release rename them, the public functions serve instead.
     """
     numba.get_num_threads()  # starts the pool and binds the C functions
     from numba.np.ufunc import parallel
@@ -276,80 +309,49 @@ def _thread_count_functions():
 _get_threads = _set_threads = None  # bound on first use (importing this module starts no threads)
 
 
-def _run(loop, args, size=None):
-    """``loop(*args)``, on one thread when the buffers (``args[0]`` unless ``size`` is
-    given) are small."""
-    global _get_threads, _set_threads
-    if (args[0].size if size is None else size) >= PARALLEL_MIN_SIZE:
-        return loop(*args)
-    if _get_threads is None:
-        _get_threads, _set_threads = _thread_count_functions()
-    threads = _get_threads()  # (a per-thread setting: restoring it is enough)
-    _set_threads(1)
-    try:
-        return loop(*args)
-    finally:
-        _set_threads(threads)
+class launch:
+    """``with launch(size) as run: run(loop)(*args)``: a loop over ``size`` elements, on one
+    thread when it is small (see PARALLEL_MIN_SIZE). The GPU's ``launch`` in cuda.py has
+    the same interface."""
+
+    __slots__ = ("size", "threads")
+
+    def __init__(self, size: int, first_array=None, blocks: int = 0):
+        self.size = size
+        self.threads = None
+
+    def __enter__(self):
+        global _get_threads, _set_threads
+        if self.size < PARALLEL_MIN_SIZE:
+            if _get_threads is None:
+                _get_threads, _set_threads = _thread_count_functions()
+            self.threads = _get_threads()  # (a per-thread setting: restoring it is enough)
+            _set_threads(1)
+        return _identity
+
+    def __exit__(self, *exc):
+        if self.threads is not None:
+            _set_threads(self.threads)
+        return False
 
 
-def sgd_update(p, g, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-               maximize=False, first_step=False, grad_scale=1.0, noise=None) -> None:
-    """In-place SGD step; see :func:`tinygrad_sgd.kernels.reference.sgd_update`."""
-    args = host.sgd_args(p, g, momentum_buffer, noise, lr=lr, momentum=momentum, dampening=dampening,
-                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize, first_step=first_step,
-                         grad_scale=grad_scale)
-    _run(_sgd_loop, args)
+def _identity(loop):
+    return loop
 
 
-def adam_update(p, g, m, v, v_max=None, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                decoupled_weight_decay=False, amsgrad=False, maximize=False, grad_scale=1.0, noise=None) -> None:
-    """In-place Adam/AdamW step; see :func:`tinygrad_sgd.kernels.reference.adam_update`."""
-    args = host.adam_args(p, g, m, v, v_max, noise, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                          weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
-                          maximize=maximize, grad_scale=grad_scale)
-    _run(_adam_loop, args)
-
-
-def rmsprop_update(p, g, square_avg, momentum_buffer=None, grad_avg=None, *, lr=1e-2, alpha=0.99, eps=1e-8,
-                   weight_decay=0.0, momentum=0.0, centered=False, maximize=False, grad_scale=1.0,
-                   noise=None) -> None:
-    """In-place RMSprop step; see :func:`tinygrad_sgd.kernels.reference.rmsprop_update`."""
-    args = host.rmsprop_args(p, g, square_avg, momentum_buffer, grad_avg, noise, lr=lr, alpha=alpha, eps=eps,
-                             weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize,
-                             grad_scale=grad_scale)
-    _run(_rmsprop_loop, args)
-
-
-def adagrad_update(p, g, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False,
-                   grad_scale=1.0, noise=None) -> None:
-    """In-place Adagrad step; see :func:`tinygrad_sgd.kernels.reference.adagrad_update`."""
-    args = host.adagrad_args(p, g, state_sum, noise, step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                             eps=eps, maximize=maximize, grad_scale=grad_scale)
-    _run(_adagrad_loop, args)
-
-
-def accumulate_grad(acc, g, *, first=False, scale=1.0) -> None:
-    """``acc = scale*g`` (first micro-batch) or ``acc += scale*g``; see reference.py."""
-    _run(_accumulate_loop, host.accumulate_args(acc, g, first=first, scale=scale))
-
-
-def average_accumulated(acc, count) -> None:
-    """``acc /= count``; see :func:`tinygrad_sgd.kernels.reference.average_accumulated`."""
-    _run(_average_loop, host.average_args(acc, count))
-
-
-def sum_of_squares(x) -> float:
-    """``sum_i x_i^2`` accumulated in float64; see reference.py."""
-    host.check_buffers([("x", x)])
-    return float(_run(_sum_of_squares, (x,)))
-
-
-def per_sample_grad_stats(per_sample_grads, mean_out, *, max_norm=None) -> host.BatchGradStats:
+def per_sample_grad_stats(per_sample_grads, mean_out, *, max_norm=None):
     """Clipped mean gradient into ``mean_out`` plus noise statistics; see reference.py."""
     batch, _, max_norm = host.per_sample_args(per_sample_grads, mean_out, max_norm)
     sq = np.empty(batch, dtype=np.float64)
-    _run(_row_sums_of_squares, (per_sample_grads, sq))
-    norms = np.sqrt(sq)
-    factors = host.clip_factors(norms, max_norm)
-    spread, mean_sq = _run(_mean_and_spread, (per_sample_grads, factors, mean_out))
+    with launch(per_sample_grads.size) as run:
+        run(_row_sums_of_squares)(per_sample_grads, sq)
+        norms = np.sqrt(sq)
+        factors = host.clip_factors(norms, max_norm)
+        spread, mean_sq = run(_mean_and_spread)(per_sample_grads, factors, mean_out)
     return host.batch_stats(norms, max_norm, batch, spread, mean_sq)
+
+
+def sum_of_squares(ptrs, chunks, dtype, size) -> float:
+    """sum of x_i^2 over the tensors of the table, accumulated in float64."""
+    with launch(size) as run:
+        return float(run(sum_of_squares_loop)(ptrs, chunks, dtype.type(0)))

@@ -1,32 +1,52 @@
-"""Host-side work shared by the reference, the Numba CPU and the Numba-CUDA kernels.
+"""Host-side work shared by the Numba CPU and the Numba-CUDA kernels.
 
-Two jobs live here so that they exist once:
+Three jobs live here so that they exist once:
 
-* **Argument checks.** Every kernel updates flat, contiguous, 1-D float32/float64 buffers
-  in place. A wrong shape, dtype, layout or a missing state buffer raises a ``ValueError``
-  or ``TypeError`` naming the argument *before* any buffer is touched.
+* **Argument checks.** A multi-tensor update takes *lists* of arrays (the parameters of
+  one group, their gradients, each state buffer), all of one dtype (float32/float64), on
+  one device, C-contiguous, each state array shaped like its parameter. A wrong shape,
+  dtype, layout, a read-only parameter or a missing state list raises a ``ValueError`` or
+  ``TypeError`` naming the list and index *before* any array is touched.
+* **The chunk and pointer tables** (after PyTorch's ``multi_tensor_apply``). One kernel
+  call serves every tensor of a list: ``chunks`` is an ``int64`` table of rows
+  ``(tensor index, start, stop)`` that splits large tensors into pieces of
+  :data:`CHUNK` elements and gives every small tensor a row of its own, and ``ptrs`` holds
+  the address of every array (row 0 the parameters, row 1 the gradients, then one row
+  per state list). The CPU loop runs ``prange`` over the chunk rows (many small tensors
+  in parallel, a large one split across the cores); the GPU kernel gives each block a
+  chunk row. Inside the kernel an address becomes a typed pointer (``_pointer`` in
+  ``cpu.py`` / ``cuda.py``) that the element bodies index like an array. Addresses
+  rather than a ``numba.typed.List`` of arrays because building a typed list costs
+  several microseconds per array on every call, more than the update of a small layer;
+  an address costs well under one. The chunk table and the rows of the parameters and
+  states are kept between calls (they change only when an array is replaced: a cache
+  checked by identity through weak references); the gradient row is written at every
+  call, since backward hands fresh gradient arrays.
 * **Scalar preparation.** Everything that depends only on hyperparameters and the step
   count (bias corrections, ``lr / bias_correction1``, Adagrad's decayed rate, ``1 - beta``)
-  is computed here in Python (float64) and then rounded once to the buffers' dtype. The
-  kernels therefore never see a Python float: a float32 update computes in float32 on
-  every target (Numba would otherwise promote ``float32 * float64`` to float64, and the
-  GPU would run double-precision instructions), and the NumPy reference, which takes the
-  very same rounded scalars, can agree with the fused kernels to the last bit.
+  is computed here in Python (float64) and rounded once to the arrays' dtype. The kernels
+  therefore never see a Python float: a float32 update computes in float32 on every target
+  (Numba would otherwise promote ``float32 * float64`` to float64, and the GPU would run
+  double-precision instructions).
 
-Optional state buffers (``v_max`` without AMSGrad, a momentum buffer without momentum, the
-noise array) are replaced by the parameter buffer itself when absent: the kernels never
-read or write them behind a false flag, and this keeps one compiled signature per dtype
-instead of one per combination of ``None`` arguments.
+Optional state lists (``max_exp_avg_sqs`` without AMSGrad, momentum buffers without
+momentum) take the parameters' addresses when absent: the kernels never read or write them
+behind a false flag, and this keeps one compiled signature per dtype.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import NamedTuple
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: Elements per chunk row: large enough that a row's loop dwarfs its bookkeeping, small
+#: enough that a 1M-element tensor is 16 rows to spread over the cores (or GPU blocks).
+CHUNK = 1 << 16
 
 
 def _is_c_contiguous(array) -> bool:
@@ -36,20 +56,22 @@ def _is_c_contiguous(array) -> bool:
             return bool(flags["C_CONTIGUOUS"])
         except (KeyError, TypeError):
             return bool(getattr(flags, "c_contiguous", True))
-    return True  # numba device arrays (and the simulator's) are contiguous when 1-D views
+    return True  # numba device arrays (and the simulator's) made by cuda.to_device are contiguous
+
+
+def _is_writeable(array) -> bool:
+    flags = getattr(array, "flags", None)
+    try:
+        return bool(flags["WRITEABLE"]) if flags is not None else True
+    except (KeyError, TypeError):
+        return True
 
 
 def check_buffers(names_and_arrays, *, ndim: int = 1):
-    """Check that the given buffers are float32/float64, C-contiguous, ``ndim``-D and
-    share shape and dtype with the first one. Returns the common dtype."""
+    """Check that the given arrays are float32/float64, C-contiguous, ``ndim``-D and share
+    shape and dtype with the first one (the per-sample statistics). Returns the dtype."""
     first_name, first = names_and_arrays[0]
-    if type(first) is np.ndarray:  # the CPU case in one pass over the arrays' own attributes
-        dtype, shape = first.dtype, first.shape
-        if (dtype in FLOAT_DTYPES and len(shape) == ndim
-                and all(type(array) is np.ndarray and array.dtype == dtype and array.shape == shape
-                        and array.flags.c_contiguous for _, array in names_and_arrays)):
-            return dtype
-    for name, array in names_and_arrays:  # find and name the problem (and check GPU arrays)
+    for name, array in names_and_arrays:
         if not hasattr(array, "dtype") or not hasattr(array, "shape"):
             raise TypeError(f"{name} must be a NumPy or CUDA array, got {type(array).__name__}")
         if np.dtype(array.dtype) not in FLOAT_DTYPES:
@@ -61,20 +83,14 @@ def check_buffers(names_and_arrays, *, ndim: int = 1):
             raise ValueError(f"{name} must be C-contiguous")
         if np.dtype(array.dtype) != np.dtype(first.dtype):
             raise TypeError(f"{name} has dtype {np.dtype(array.dtype)} but {first_name} has "
-                            f"{np.dtype(first.dtype)}; all buffers of one update share a dtype")
+                            f"{np.dtype(first.dtype)}; all arrays of one call share a dtype")
         if tuple(array.shape) != tuple(first.shape):
             raise ValueError(f"{name} has shape {tuple(array.shape)} but {first_name} has "
                              f"{tuple(first.shape)}")
     return np.dtype(first.dtype)
 
 
-def _require(name: str, array, reason: str):
-    if array is None:
-        raise ValueError(f"{name} is required {reason}")
-    return array
-
-
-def _check_finite_scalar(name: str, value) -> float:
+def check_finite_scalar(name: str, value) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -82,16 +98,6 @@ def _check_finite_scalar(name: str, value) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
-
-
-def _grad_inputs(p, g, noise, grad_scale, extra):
-    """Common part of every update: check p, g, the optional noise and state buffers."""
-    named = [("param", p), ("grad", g)] + [(n, a) for n, a in extra if a is not None]
-    if noise is not None:
-        named.append(("noise", noise))
-    dtype = check_buffers(named)
-    grad_scale = _check_finite_scalar("grad_scale", grad_scale)
-    return dtype, grad_scale
 
 
 def _step(step) -> int:
@@ -102,182 +108,200 @@ def _step(step) -> int:
     return int(step)
 
 
-class SGDArgs(NamedTuple):
-    """Kernel arguments of :func:`sgd_args`, in the kernels' positional order."""
-    p: object
-    g: object
-    momentum_buffer: object
-    noise: object
-    grad_scale: object
-    weight_decay: object
-    momentum: object
-    one_minus_dampening: object
-    neg_lr: object
-    has_noise: bool
-    maximize: bool
-    use_weight_decay: bool
-    use_momentum: bool
-    first_step: bool
-    nesterov: bool
+# --------------------------------------------------------------------------------------
+# Chunk and pointer tables
+# --------------------------------------------------------------------------------------
 
 
-def sgd_args(p, g, momentum_buffer, noise, *, lr, momentum, dampening, nesterov, weight_decay,
-             maximize, first_step, grad_scale) -> SGDArgs:
-    lr = _check_finite_scalar("lr", lr)
-    momentum = _check_finite_scalar("momentum", momentum)
-    dampening = _check_finite_scalar("dampening", dampening)
-    weight_decay = _check_finite_scalar("weight_decay", weight_decay)
+def chunk_rows(sizes) -> np.ndarray:
+    """The ``(tensor index, start, stop)`` rows covering tensors of the given sizes in
+    pieces of at most :data:`CHUNK` elements (an empty tensor gets no row)."""
+    rows = [(t, start, min(start + CHUNK, n)) for t, n in enumerate(sizes) for start in range(0, n, CHUNK)]
+    return np.array(rows, dtype=np.int64).reshape(len(rows), 3)
+
+
+def _as_list(name: str, arrays, n: int) -> list:
+    if isinstance(arrays, (list, tuple)):
+        if len(arrays) != n:
+            raise ValueError(f"{name} has {len(arrays)} entries but params has {n}; one per parameter")
+        return list(arrays)
+    raise TypeError(f"{name} must be a list of arrays (one per parameter), got {type(arrays).__name__}")
+
+
+def _check_like(name: str, i: int, array, param, dtype, device_kind, *, written: bool) -> None:
+    """One array against its parameter: type, dtype, shape, layout (and writeable)."""
+    if not device_kind.accepts(array):
+        raise TypeError(f"{name}[{i}] is a {type(array).__name__}, but params[0] is a "
+                        f"{device_kind.ARRAY_KIND}; one call updates arrays on one device")
+    if np.dtype(array.dtype) != dtype:
+        raise TypeError(f"{name}[{i}] has dtype {np.dtype(array.dtype)} but params[0] has {dtype}; "
+                        "one call updates arrays of one dtype")
+    if tuple(array.shape) != tuple(param.shape):
+        raise ValueError(f"{name}[{i}] has shape {tuple(array.shape)} but params[{i}] has shape "
+                         f"{tuple(param.shape)}")
+    if not _is_c_contiguous(array):
+        raise ValueError(f"{name}[{i}] must be C-contiguous (the kernels walk it as one flat block)")
+    if written and not _is_writeable(array):
+        raise ValueError(f"{name}[{i}] (shape {tuple(array.shape)}) is read-only; the update writes into it")
+
+
+class _Tables:
+    """The cached part of one call's tables: parameters and state arrays (checked once),
+    their addresses, the chunk rows. Holds weak references only."""
+
+    def __init__(self, device_kind, params: list, states: list, state_names: list, *, read_only: bool):
+        first = params[0]
+        if not device_kind.accepts(first):
+            raise TypeError(f"params[0] must be a NumPy or CUDA array, got {type(first).__name__}")
+        dtype = np.dtype(first.dtype)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"params[0] has dtype {dtype}; the kernels update float32 or float64 arrays")
+        for i, p in enumerate(params):
+            _check_like("params", i, p, p, dtype, device_kind, written=not read_only)
+        for name, arrays in zip(state_names, states):
+            if arrays is not None:
+                for i, (s, p) in enumerate(zip(arrays, params)):
+                    _check_like(name, i, s, p, dtype, device_kind, written=True)
+        self.dtype = dtype
+        stable = list(params) + [a for arrays in states if arrays is not None for a in arrays]
+        try:
+            self.refs = [weakref.ref(a) for a in stable]
+        except TypeError:  # an array type without weak references: checked and built at every call
+            self.refs = None
+        sizes = [int(np.prod(p.shape, dtype=np.int64)) for p in params]
+        self.size = sum(sizes)
+        param_row = [device_kind.address(p) for p in params]
+        rows = [param_row, param_row]  # row 1 (gradients) is rewritten at every call
+        rows += [[device_kind.address(s) for s in arrays] if arrays is not None else param_row
+                 for arrays in states]
+        self.ptrs = np.array(rows, dtype=np.int64).reshape(len(rows), len(params))
+        self.chunks = device_kind.to_device_table(chunk_rows(sizes))
+        self.overlap = _overlapping(param_row, [n * dtype.itemsize for n in sizes])
+
+    def alive(self, arrays) -> bool:
+        return self.refs is not None and all(ref() is a for ref, a in zip(self.refs, arrays))
+
+
+def _overlapping(starts, nbytes) -> bool:
+    """True when two of the arrays share memory (two parameters made from one array):
+    their updates must then run one tensor after the other, in list order, as the
+    reference does, instead of racing in one parallel pass."""
+    spans = sorted((start, start + n) for start, n in zip(starts, nbytes) if n)
+    return any(spans[k + 1][0] < spans[k][1] for k in range(len(spans) - 1))
+
+
+_TABLES: dict = {}
+_MAX_TABLES = 256  # distinct (parameter list, state lists) combinations remembered
+OVERLAP = "overlap"  # what tables() returns for parameters that share memory
+
+
+def tables(device_kind, params, grads, states, state_names, *, read_only: bool = False):
+    """``(ptrs, chunks, dtype, size)`` for one multi-tensor call, every array checked;
+    ``OVERLAP`` instead when parameters share memory (the caller then updates them one
+    list entry at a time).
+
+    ``states`` is a list of state lists (``None`` for an absent optional one), named by
+    ``state_names``. ``device_kind`` is ``cpu`` or ``cuda`` (their ``accepts``,
+    ``address`` and ``to_device_table``). ``read_only=True`` (a reduction) lets the
+    parameters be read-only arrays. Returns None for empty lists."""
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(f"params must be a list of arrays, got {type(params).__name__}")
+    n = len(params)
+    grads = _as_list("grads", grads, n)
+    states = [None if s is None else _as_list(name, s, n) for name, s in zip(state_names, states)]
+    if n == 0:
+        return None
+    stable = list(params)
+    for arrays in states:
+        if arrays is not None:
+            stable.extend(arrays)
+    key = (device_kind.__name__, read_only, tuple(map(id, stable)), tuple(s is None for s in states))
+    entry = _TABLES.get(key)
+    if entry is None or not entry.alive(stable):
+        entry = _Tables(device_kind, list(params), states, state_names, read_only=read_only)
+        if len(_TABLES) >= _MAX_TABLES:
+            _TABLES.clear()
+        _TABLES[key] = entry
+    dtype = entry.dtype
+    accepts = device_kind.accepts
+    for i, (g, p) in enumerate(zip(grads, params)):  # every call: backward hands new gradient arrays
+        if not (accepts(g) and g.dtype == dtype and g.shape == p.shape and _is_c_contiguous(g)):
+            _check_like("grads", i, g, p, dtype, device_kind, written=False)
+    if entry.overlap and not read_only:
+        return OVERLAP
+    ptrs = entry.ptrs
+    ptrs[1] = [device_kind.address(g) for g in grads]
+    return device_kind.to_device_table(ptrs), entry.chunks, dtype, entry.size
+
+
+# --------------------------------------------------------------------------------------
+# Scalars of each update, in the kernels' positional order after (ptrs, chunks)
+# --------------------------------------------------------------------------------------
+
+
+def _common(dtype, grad_scale, weight_decay):
+    f = dtype.type
+    return f(check_finite_scalar("grad_scale", grad_scale)), f(weight_decay)
+
+
+def sgd_scalars(dtype, *, lr, momentum, dampening, nesterov, weight_decay, maximize, first_step, grad_scale):
+    lr = check_finite_scalar("lr", lr)
+    momentum = check_finite_scalar("momentum", momentum)
+    dampening = check_finite_scalar("dampening", dampening)
+    weight_decay = check_finite_scalar("weight_decay", weight_decay)
     if nesterov and (momentum == 0 or dampening != 0):
         raise ValueError("nesterov momentum requires momentum > 0 and dampening == 0")
-    use_momentum = momentum != 0
-    if use_momentum:
-        _require("momentum_buffer", momentum_buffer, "when momentum != 0")
-    dtype, grad_scale = _grad_inputs(p, g, noise, grad_scale,
-                                     [("momentum_buffer", momentum_buffer if use_momentum else None)])
     f = dtype.type
-    return SGDArgs(p, g, momentum_buffer if use_momentum else p, noise if noise is not None else p,
-                   f(grad_scale), f(weight_decay), f(momentum), f(1.0 - dampening), f(-lr),
-                   noise is not None, bool(maximize), weight_decay != 0, use_momentum,
-                   bool(first_step), bool(nesterov))
+    return (*_common(dtype, grad_scale, weight_decay), f(momentum), f(1.0 - dampening), f(-lr),
+            bool(maximize), weight_decay != 0, momentum != 0, bool(first_step), bool(nesterov))
 
 
-class AdamArgs(NamedTuple):
-    p: object
-    g: object
-    m: object
-    v: object
-    v_max: object
-    noise: object
-    grad_scale: object
-    weight_decay: object
-    decay_factor: object
-    one_minus_beta1: object
-    beta2: object
-    one_minus_beta2: object
-    bias_correction2_sqrt: object
-    eps: object
-    neg_step_size: object
-    has_noise: bool
-    maximize: bool
-    l2_decay: bool
-    decoupled_decay: bool
-    amsgrad: bool
-
-
-def adam_args(p, g, m, v, v_max, noise, *, step, lr, beta1, beta2, eps, weight_decay,
-              decoupled_weight_decay, amsgrad, maximize, grad_scale) -> AdamArgs:
+def adam_scalars(dtype, *, step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+                 grad_scale):
     step = _step(step)
-    lr = _check_finite_scalar("lr", lr)
-    beta1 = _check_finite_scalar("beta1", beta1)
-    beta2 = _check_finite_scalar("beta2", beta2)
-    eps = _check_finite_scalar("eps", eps)
-    weight_decay = _check_finite_scalar("weight_decay", weight_decay)
+    lr = check_finite_scalar("lr", lr)
+    beta1 = check_finite_scalar("beta1", beta1)
+    beta2 = check_finite_scalar("beta2", beta2)
+    eps = check_finite_scalar("eps", eps)
+    weight_decay = check_finite_scalar("weight_decay", weight_decay)
     if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
         raise ValueError(f"betas must lie in [0, 1), got ({beta1}, {beta2})")
-    _require("m", m, "(first-moment buffer)")
-    _require("v", v, "(second-moment buffer)")
-    if amsgrad:
-        _require("v_max", v_max, "when amsgrad=True")
-    dtype, grad_scale = _grad_inputs(p, g, noise, grad_scale,
-                                     [("m", m), ("v", v), ("v_max", v_max if amsgrad else None)])
     f = dtype.type
     # As in torch.optim.Adam (non-capturable path): Python-float bias corrections.
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2 = 1.0 - beta2 ** step
     decoupled = bool(decoupled_weight_decay) and weight_decay != 0
-    return AdamArgs(p, g, m, v, v_max if amsgrad else p, noise if noise is not None else p,
-                    f(grad_scale), f(weight_decay), f(1.0 - lr * weight_decay), f(1.0 - beta1), f(beta2),
-                    f(1.0 - beta2), f(bias_correction2 ** 0.5), f(eps), f(-(lr / bias_correction1)),
-                    noise is not None, bool(maximize), weight_decay != 0 and not decoupled, decoupled,
-                    bool(amsgrad))
+    return (*_common(dtype, grad_scale, weight_decay), f(1.0 - lr * weight_decay), f(1.0 - beta1), f(beta2),
+            f(1.0 - beta2), f(bias_correction2 ** 0.5), f(eps), f(-(lr / bias_correction1)), bool(maximize),
+            weight_decay != 0 and not decoupled, decoupled, bool(amsgrad))
 
 
-class RMSpropArgs(NamedTuple):
-    p: object
-    g: object
-    square_avg: object
-    momentum_buffer: object
-    grad_avg: object
-    noise: object
-    grad_scale: object
-    weight_decay: object
-    alpha: object
-    one_minus_alpha: object
-    eps: object
-    momentum: object
-    neg_lr: object
-    has_noise: bool
-    maximize: bool
-    use_weight_decay: bool
-    use_momentum: bool
-    centered: bool
-
-
-def rmsprop_args(p, g, square_avg, momentum_buffer, grad_avg, noise, *, lr, alpha, eps, weight_decay,
-                 momentum, centered, maximize, grad_scale) -> RMSpropArgs:
-    lr = _check_finite_scalar("lr", lr)
-    alpha = _check_finite_scalar("alpha", alpha)
-    eps = _check_finite_scalar("eps", eps)
-    weight_decay = _check_finite_scalar("weight_decay", weight_decay)
-    momentum = _check_finite_scalar("momentum", momentum)
-    _require("square_avg", square_avg, "(running average of squared gradients)")
-    use_momentum = momentum > 0
-    if use_momentum:
-        _require("momentum_buffer", momentum_buffer, "when momentum > 0")
-    if centered:
-        _require("grad_avg", grad_avg, "when centered=True")
-    dtype, grad_scale = _grad_inputs(p, g, noise, grad_scale, [
-        ("square_avg", square_avg), ("momentum_buffer", momentum_buffer if use_momentum else None),
-        ("grad_avg", grad_avg if centered else None)])
+def rmsprop_scalars(dtype, *, lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale):
+    lr = check_finite_scalar("lr", lr)
+    alpha = check_finite_scalar("alpha", alpha)
+    eps = check_finite_scalar("eps", eps)
+    weight_decay = check_finite_scalar("weight_decay", weight_decay)
+    momentum = check_finite_scalar("momentum", momentum)
     f = dtype.type
-    return RMSpropArgs(p, g, square_avg, momentum_buffer if use_momentum else p, grad_avg if centered else p,
-                       noise if noise is not None else p, f(grad_scale), f(weight_decay), f(alpha),
-                       f(1.0 - alpha), f(eps), f(momentum), f(-lr), noise is not None, bool(maximize),
-                       weight_decay != 0, use_momentum, bool(centered))
+    return (*_common(dtype, grad_scale, weight_decay), f(alpha), f(1.0 - alpha), f(eps), f(momentum), f(-lr),
+            bool(maximize), weight_decay != 0, momentum > 0, bool(centered))
 
 
-class AdagradArgs(NamedTuple):
-    p: object
-    g: object
-    state_sum: object
-    noise: object
-    grad_scale: object
-    weight_decay: object
-    eps: object
-    neg_clr: object
-    has_noise: bool
-    maximize: bool
-    use_weight_decay: bool
-
-
-def adagrad_args(p, g, state_sum, noise, *, step, lr, lr_decay, weight_decay, eps, maximize,
-                 grad_scale) -> AdagradArgs:
+def adagrad_scalars(dtype, *, step, lr, lr_decay, weight_decay, eps, maximize, grad_scale):
     step = _step(step)
-    lr = _check_finite_scalar("lr", lr)
-    lr_decay = _check_finite_scalar("lr_decay", lr_decay)
-    weight_decay = _check_finite_scalar("weight_decay", weight_decay)
-    eps = _check_finite_scalar("eps", eps)
-    _require("state_sum", state_sum, "(sum of squared gradients)")
-    dtype, grad_scale = _grad_inputs(p, g, noise, grad_scale, [("state_sum", state_sum)])
-    f = dtype.type
+    lr = check_finite_scalar("lr", lr)
+    lr_decay = check_finite_scalar("lr_decay", lr_decay)
+    weight_decay = check_finite_scalar("weight_decay", weight_decay)
+    eps = check_finite_scalar("eps", eps)
     clr = lr / (1.0 + (step - 1) * lr_decay)  # torch.optim.Adagrad's decayed learning rate
-    return AdagradArgs(p, g, state_sum, noise if noise is not None else p, f(grad_scale), f(weight_decay),
-                       f(eps), f(-clr), noise is not None, bool(maximize), weight_decay != 0)
+    f = dtype.type
+    return (*_common(dtype, grad_scale, weight_decay), f(eps), f(-clr), bool(maximize), weight_decay != 0)
 
 
-def accumulate_args(acc, g, *, first, scale):
-    dtype = check_buffers([("acc", acc), ("grad", g)])
-    scale = _check_finite_scalar("scale", scale)
-    return acc, g, dtype.type(scale), bool(first)
-
-
-def average_args(acc, count):
-    dtype = check_buffers([("acc", acc)])
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer, float, np.floating)):
-        raise TypeError(f"count must be a number, got {type(count).__name__}")
-    if not count > 0 or not math.isfinite(count):
-        raise ValueError(f"count must be a positive finite number, got {count}")
-    return acc, dtype.type(count)
+def require(name: str, arrays, reason: str):
+    if arrays is None:
+        raise ValueError(f"{name} is required {reason}")
+    return arrays
 
 
 def per_sample_args(grads, mean_out, max_norm):
@@ -293,7 +317,7 @@ def per_sample_args(grads, mean_out, max_norm):
         raise ValueError(f"mean_out must have shape ({size},) to match per_sample_grads of shape "
                          f"{tuple(grads.shape)}, got {tuple(mean_out.shape)}")
     if max_norm is not None:
-        max_norm = _check_finite_scalar("max_norm", max_norm)
+        max_norm = check_finite_scalar("max_norm", max_norm)
         if max_norm <= 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
     return batch, size, max_norm

@@ -1,10 +1,11 @@
 """Optimizers and learning-rate schedules (tg.optim).
 
 Every optimizer writes its algorithm out in its docstring, names its paper, and keeps
-a readable reference update (``_single_tensor_*``) next to its fused update
-(``_fused_*``: one Numba kernel call over flat parameter, gradient and state buffers,
-``flat.py``). ``fused=None`` (the default) takes the fused update where the kernels
-apply, ``fused=False`` the reference; both give the same numbers and checkpoints::
+a readable reference update (``_single_tensor_*``, the specification) next to its fused
+update (``_fused_*``: one multi-tensor Numba kernel call over the parameters, gradients and
+state arrays of a group, ``tinygrad_sgd.kernels``). ``fused=None`` (the default) takes the
+fused update where the kernels apply, ``fused=False`` the reference; both give the same
+numbers and checkpoints::
 
     opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = tg.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)

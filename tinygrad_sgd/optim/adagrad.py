@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from .. import backend, kernels
 from ..sparse import SparseRowGrad
-from .flat import KernelContext, as_flat
-from .optimizer import Optimizer, check_number
+from .optimizer import Optimizer, check_number, full_like_param, kernel_batches, pick
 
 
 class Adagrad(Optimizer):
@@ -35,11 +34,14 @@ class Adagrad(Optimizer):
     zero gradient and would not move; with ``eps = 0`` and a zero accumulator the dense
     update would even compute 0/0 there).
 
-    **fused** (``None``: automatic): one Numba kernel call per parameter group updates
-    every parameter at once, over flat buffers (see :mod:`tinygrad_sgd.optim.optimizer`);
+    **fused** (``None``: automatic): one multi-tensor kernel call updates every parameter
+    of a group at once (per device, dtype and step count, which ``lr_decay`` needs),
+    reading each gradient where backward left it (see :mod:`tinygrad_sgd.optim.optimizer`);
     a parameter whose gradient arrives sparse is updated by the reference (touched rows
-    only), and parameters whose step counts differ (``lr_decay``) by separate calls.
+    only).
     """
+
+    _state_names = frozenset({"step", "sum"})
 
     def __init__(self, params, lr: float = 1e-2, *, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10, maximize: bool = False, fused=None):
@@ -68,7 +70,7 @@ class Adagrad(Optimizer):
             state = self.state.get(p)
             if not state:
                 start = group["initial_accumulator_value"]
-                state = self.state[p] = {"step": 0, "sum": self._new_state(p, "sum", start)}
+                state = self.state[p] = {"step": 0, "sum": full_like_param(p, start)}
             state["step"] += 1
             states.append(state)
         return states
@@ -78,31 +80,33 @@ class Adagrad(Optimizer):
         return dict(lr=group["lr"], lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
                     maximize=group["maximize"])
 
-    def _update_group(self, group: dict, params: list, grads: list) -> None:
+    def _update_group(self, group: dict, params: list, grads: list, grad_scale: float) -> None:
         states = self._init_state(group, params)
         adagrad([p.data for p in params], grads, [s["sum"] for s in states], [s["step"] for s in states],
-                **self._hyper(group), fused=False)
-
-    def _fused_update(self, group: dict, pack, indices: list) -> None:
-        self._init_state(group, [pack.params[i] for i in indices])
-        for start, stop, step in pack.runs(indices, lambda i: self.state[pack.params[i]]["step"]):
-            adagrad([pack.segment(pack.param_flat, start, stop)], [pack.segment(pack.grad_flat, start, stop)],
-                    [pack.segment(pack.state_buffer("sum"), start, stop)], [step], **self._hyper(group), fused=True)
+                **self._hyper(group), grad_scale=grad_scale, fused=self._fused_mode())
 
 
 def adagrad(params: list, grads: list, state_sums: list, steps: list, *, lr: float, lr_decay: float,
-            weight_decay: float, eps: float, maximize: bool, fused: bool = False) -> None:
-    """Functional Adagrad over raw arrays; the one place that chooses the implementation:
-    the reference loop (:func:`_single_tensor_adagrad`) or, with ``fused=True``, one fused
-    kernel call per list entry (:func:`_fused_adagrad`)."""
-    impl = _fused_adagrad if fused else _single_tensor_adagrad
-    impl(params, grads, state_sums, steps, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
-         maximize=maximize)
+            weight_decay: float, eps: float, maximize: bool, grad_scale: float = 1.0,
+            fused: bool | None = False) -> None:
+    """Functional Adagrad over raw arrays; the one place that chooses the implementation
+    (PyTorch's split): the reference loop (:func:`_single_tensor_adagrad`, ``fused=False``)
+    or the multi-tensor kernels (:func:`_fused_adagrad`; ``fused=True`` raises on a
+    parameter they cannot take, ``fused=None`` gives it, e.g. a sparse gradient, to the
+    reference)."""
+    kw = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
+              grad_scale=grad_scale)
+    if fused is False:
+        _single_tensor_adagrad(params, grads, state_sums, steps, **kw)
+    else:
+        _fused_adagrad(params, grads, state_sums, steps, strict=bool(fused), **kw)
 
 
 def _single_tensor_adagrad(params: list, grads: list, state_sums: list, steps: list, *, lr: float,
-                           lr_decay: float, weight_decay: float, eps: float, maximize: bool) -> None:
-    """The readable reference: one parameter at a time, the formula line by line."""
+                           lr_decay: float, weight_decay: float, eps: float, maximize: bool,
+                           grad_scale: float = 1.0) -> None:
+    """The readable reference (the specification the kernel's ``adagrad_element`` computes
+    element by element): one parameter at a time, the formula line by line."""
     for param, grad, state_sum, step in zip(params, grads, state_sums, steps):
         with backend.device_context(backend.device_of(param)):
             xp = backend.get_array_module(param)
@@ -110,12 +114,16 @@ def _single_tensor_adagrad(params: list, grads: list, state_sums: list, steps: l
             if isinstance(grad, SparseRowGrad):
                 grad = grad.coalesce()                        # unique rows: the update is non-linear
                 rows, values = grad.indices, grad.values
+                if grad_scale != 1:
+                    values = values * grad_scale
                 if maximize:
                     values = -values
                 state_sum[rows] += values * values            # S[rows] += g^2
                 std = xp.sqrt(state_sum[rows]) + eps
                 param[rows] -= clr * (values / std)           # only the touched rows move
                 continue
+            if grad_scale != 1:
+                grad = grad * grad_scale                      # averaging, clipping, 1/world size (a new array)
             if maximize:
                 grad = -grad
             if weight_decay != 0:
@@ -126,14 +134,18 @@ def _single_tensor_adagrad(params: list, grads: list, state_sums: list, steps: l
 
 
 def _fused_adagrad(params: list, grads: list, state_sums: list, steps: list, *, lr: float, lr_decay: float,
-                   weight_decay: float, eps: float, maximize: bool) -> None:
-    """The fused update: per list entry, one pass over memory in one Numba kernel (one CUDA
-    launch for CuPy arrays), the arithmetic of :func:`_single_tensor_adagrad` element by
-    element (dense gradients only; the reference handles sparse ones)."""
-    for param, grad, state_sum, step in zip(params, grads, state_sums, steps):
-        if isinstance(grad, SparseRowGrad):
-            raise TypeError("the fused Adagrad update takes dense gradients only, got a SparseRowGrad")
-        with KernelContext(param):
-            kernels.adagrad_update(as_flat(param, "param"), as_flat(grad, "grad"), as_flat(state_sum, "state_sum"),
-                                   step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
-                                   maximize=maximize)
+                   weight_decay: float, eps: float, maximize: bool, grad_scale: float, strict: bool) -> None:
+    """The fused update: one pass over memory for all parameters of one device, dtype and
+    step count, in one multi-tensor kernel call (one CUDA launch for CuPy arrays), the
+    arithmetic of :func:`_single_tensor_adagrad` element by element; sparse gradients go
+    to the reference."""
+    grads = list(grads)
+    batches, rest = kernel_batches(params, grads, key=steps.__getitem__, strict=strict, owner="Adagrad")
+    for idx in batches:
+        kernels.adagrad_update(pick(params, idx), pick(grads, idx), pick(state_sums, idx), step=steps[idx[0]], lr=lr,
+                               lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
+                               grad_scale=grad_scale)
+    if rest:
+        _single_tensor_adagrad(pick(params, rest), pick(grads, rest), pick(state_sums, rest), pick(steps, rest), lr=lr,
+                               lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
+                               grad_scale=grad_scale)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 
 from .. import backend, kernels
-from ..sparse import SparseRowGrad
-from .flat import KernelContext, as_flat
-from .optimizer import Optimizer, check_betas, check_number
+from .optimizer import Optimizer, check_betas, check_number, full_like_param, kernel_batches, pick
 
 
 def adam_states(optimizer: Optimizer, params: list, *, amsgrad: bool) -> list:
@@ -18,10 +16,10 @@ def adam_states(optimizer: Optimizer, params: list, *, amsgrad: bool) -> list:
     for p in params:
         state = optimizer.state.get(p)
         if not state:
-            state = optimizer.state[p] = {"step": 0, "exp_avg": optimizer._new_state(p, "exp_avg"),
-                                          "exp_avg_sq": optimizer._new_state(p, "exp_avg_sq")}
+            state = optimizer.state[p] = {"step": 0, "exp_avg": full_like_param(p, 0.0),
+                                          "exp_avg_sq": full_like_param(p, 0.0)}
         if amsgrad and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = optimizer._new_state(p, "max_exp_avg_sq")
+            state["max_exp_avg_sq"] = full_like_param(p, 0.0)
         state["step"] += 1
         states.append(state)
     return states
@@ -55,13 +53,15 @@ class Adam(Optimizer):
     adaptive denominator like any gradient — Loshchilov & Hutter's point, fixed by
     :class:`AdamW`. Sparse gradients are rejected (use :class:`SparseAdam`).
 
-    **fused** (``None``: automatic): one Numba kernel call per parameter group updates
-    every parameter at once, over flat buffers (see :mod:`tinygrad_sgd.optim.optimizer`).
-    The bias corrections depend on each parameter's step count ``t``; parameters whose
-    counts differ (one skipped steps without a gradient) are updated by separate calls.
+    **fused** (``None``: automatic): one multi-tensor kernel call updates every parameter
+    of a group at once (per device and dtype), reading each gradient where backward left
+    it (see :mod:`tinygrad_sgd.optim.optimizer`). The bias corrections depend on each
+    parameter's step count ``t``; parameters whose counts differ (one skipped steps
+    without a gradient) are updated by separate calls.
     """
 
     _decoupled_weight_decay = False
+    _state_names = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
 
     def __init__(self, params, lr: float = 1e-3, *, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False, fused=None):
@@ -90,46 +90,43 @@ class Adam(Optimizer):
                     amsgrad=group["amsgrad"], maximize=group["maximize"],
                     decoupled_weight_decay=self._decoupled_weight_decay)
 
-    def _update_group(self, group: dict, params: list, grads: list) -> None:
+    def _update_group(self, group: dict, params: list, grads: list, grad_scale: float) -> None:
         states = self._init_state(group, params)
         adam([p.data for p in params], grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
              [s.get("max_exp_avg_sq") for s in states], [s["step"] for s in states], **self._hyper(group),
-             fused=False)
-
-    def _fused_update(self, group: dict, pack, indices: list) -> None:
-        self._init_state(group, [pack.params[i] for i in indices])
-        amsgrad = group["amsgrad"]
-        for start, stop, step in pack.runs(indices, lambda i: self.state[pack.params[i]]["step"]):
-            def seg(flat):
-                return pack.segment(flat, start, stop)
-            adam([seg(pack.param_flat)], [seg(pack.grad_flat)], [seg(pack.state_buffer("exp_avg"))],
-                 [seg(pack.state_buffer("exp_avg_sq"))],
-                 [seg(pack.state_buffer("max_exp_avg_sq")) if amsgrad else None], [step], **self._hyper(group),
-                 fused=True)
+             grad_scale=grad_scale, fused=self._fused_mode())
 
 
 def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_avg_sqs: list, steps: list, *,
          lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, amsgrad: bool, maximize: bool,
-         decoupled_weight_decay: bool, fused: bool = False) -> None:
+         decoupled_weight_decay: bool, grad_scale: float = 1.0, fused: bool | None = False) -> None:
     """Functional Adam/AdamW over raw arrays (``steps`` already count the current step).
 
-    The one place that chooses the implementation: the reference loop
-    (:func:`_single_tensor_adam`) or, with ``fused=True``, one fused kernel call per list
-    entry (:func:`_fused_adam`; pass flat buffers to update many parameters in one call).
+    The one place that chooses the implementation (PyTorch's split): the reference loop
+    (:func:`_single_tensor_adam`, ``fused=False``) or the multi-tensor kernels
+    (:func:`_fused_adam`; ``fused=True`` raises on a parameter they cannot take,
+    ``fused=None`` gives it to the reference). ``grad_scale`` multiplies every gradient
+    first; the gradient arrays are only read.
     """
-    impl = _fused_adam if fused else _single_tensor_adam
-    impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-         weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+    kw = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+              maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, grad_scale=grad_scale)
+    if fused is False:
+        _single_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **kw)
+    else:
+        _fused_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, strict=bool(fused), **kw)
 
 
 def _single_tensor_adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_avg_sqs: list,
                         steps: list, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                        amsgrad: bool, maximize: bool, decoupled_weight_decay: bool) -> None:
-    """The readable reference: one parameter at a time, the formula line by line."""
+                        amsgrad: bool, maximize: bool, decoupled_weight_decay: bool, grad_scale: float = 1.0) -> None:
+    """The readable reference (the specification the kernel's ``adam_element`` computes
+    element by element): one parameter at a time, the formula line by line."""
     for param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step in zip(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps):
         with backend.device_context(backend.device_of(param)):
             xp = backend.get_array_module(param)
+            if grad_scale != 1:
+                grad = grad * grad_scale                     # averaging, clipping, 1/world size (a new array)
             if maximize:
                 grad = -grad
             if weight_decay != 0:
@@ -152,17 +149,22 @@ def _single_tensor_adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: 
 
 def _fused_adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_avg_sqs: list,
                 steps: list, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                amsgrad: bool, maximize: bool, decoupled_weight_decay: bool) -> None:
-    """The fused update: per list entry, one pass over memory in one Numba kernel (one CUDA
-    launch for CuPy arrays), the arithmetic of :func:`_single_tensor_adam` element by
-    element; the bias corrections are computed once on the host (``kernels/host.py``)."""
-    for param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step in zip(
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps):
-        if isinstance(grad, SparseRowGrad):
-            raise TypeError("the fused Adam update takes dense gradients only, got a SparseRowGrad")
-        with KernelContext(param):
-            kernels.adam_update(as_flat(param, "param"), as_flat(grad, "grad"), as_flat(exp_avg, "exp_avg"),
-                                as_flat(exp_avg_sq, "exp_avg_sq"),
-                                as_flat(max_exp_avg_sq, "max_exp_avg_sq") if amsgrad else None,
-                                step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                                decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize)
+                amsgrad: bool, maximize: bool, decoupled_weight_decay: bool, grad_scale: float,
+                strict: bool) -> None:
+    """The fused update: one pass over memory for all parameters of one device, dtype and
+    step count, in one multi-tensor kernel call (one CUDA launch for CuPy arrays), the
+    arithmetic of :func:`_single_tensor_adam` element by element; the bias corrections
+    are computed once on the host (``kernels/host.py``)."""
+    grads = list(grads)
+    batches, rest = kernel_batches(params, grads, key=steps.__getitem__, strict=strict, owner="Adam")
+    for idx in batches:
+        kernels.adam_update(pick(params, idx), pick(grads, idx), pick(exp_avgs, idx), pick(exp_avg_sqs, idx),
+                            pick(max_exp_avg_sqs, idx) if amsgrad else None, step=steps[idx[0]], lr=lr,
+                            beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                            decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
+                            grad_scale=grad_scale)
+    if rest:
+        _single_tensor_adam(pick(params, rest), pick(grads, rest), pick(exp_avgs, rest), pick(exp_avg_sqs, rest),
+                            pick(max_exp_avg_sqs, rest), pick(steps, rest), lr=lr, beta1=beta1, beta2=beta2,
+                            eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                            decoupled_weight_decay=decoupled_weight_decay, grad_scale=grad_scale)

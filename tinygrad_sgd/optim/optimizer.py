@@ -5,31 +5,45 @@ An optimizer owns a list of *parameter groups*. Each group is a dict holding its
 ``"momentum"``, ...), so different layers can learn at different rates and a learning-rate
 schedule can change ``group["lr"]`` between steps. Per-parameter buffers (momentum,
 moving averages, step counters) live in ``optimizer.state[param]``, a dict whose keys
-follow the papers and PyTorch (``step``, ``momentum_buffer``, ``exp_avg``, ...).
+follow the papers and PyTorch (``step``, ``momentum_buffer``, ``exp_avg``, ...), one
+array per entry, shaped like the parameter.
 
-``step()`` gathers the parameters that have a gradient (checking every gradient before
-anything changes) and hands each group to the subclass: ``_update_group`` creates missing
-state and calls the optimizer's functional update (``sgd(...)``, ``adam(...)``) with
-``fused=False``, the readable reference (``_single_tensor_*``), one parameter at a time;
-``_fused_update`` does the same over the flat buffers of ``flat.py`` with ``fused=True``:
-one Numba kernel call (one CUDA launch on the GPU) per parameter group, device and dtype,
-chosen by the array type in ``tinygrad_sgd.kernels``. Which of the two an optimizer uses is
-decided once, by :func:`resolve_fused`, from its ``fused=`` argument:
+``step()`` first checks everything (each group's hyperparameters, every gradient against
+its parameter, every parameter's array is writeable, every state array's shape), then
+hands each group to the subclass's ``_update_group``, which calls the optimizer's
+functional update (``sgd(...)``, ``adam(...)``): the dispatcher between the readable
+reference (``_single_tensor_*``, NumPy, one parameter at a time, the formula line by line)
+and the fused update (``_fused_*``: one multi-tensor Numba kernel call per device, dtype
+and step count for the whole group, see ``tinygrad_sgd.kernels``). ``step()`` ->
+``_update_group`` -> ``adam`` -> ``_fused_adam`` -> the kernel: four Python hops.
+
+Which path runs is decided once, by :func:`resolve_fused`, from the ``fused=`` argument:
 
 * ``fused=None`` (default): fused when Numba imports and every parameter is a float32 or
-  float64 tensor (on the CPU or a CUDA GPU); otherwise the reference. A parameter whose
-  gradient arrives sparse (``SparseRowGrad``) is updated by the reference for that step.
+  float64 tensor (on the CPU or a CUDA GPU); otherwise the reference. A parameter the
+  kernels cannot take at a step (a sparse ``SparseRowGrad`` gradient, ``p.data`` rebound
+  to a non-contiguous array) is updated by the reference for that step.
 * ``fused=True``: fused, or a ``ValueError`` naming what the kernels cannot take (a
   float16 parameter, no Numba, ``SparseAdam``); a sparse gradient at ``step()`` raises.
 * ``fused=False``: the reference.
 
-The two paths compute the same numbers (float32: within 1e-6 relative over hundreds of
-steps; ``tests/test_optim_fused.py``), keep the same ``state`` entries and the same
+The two paths compute the same numbers (float32: within 1e-5 relative over hundreds of
+steps, ``tests/test_optim_fused.py``), keep the same ``state`` entries and the same
 ``state_dict()`` format, so a checkpoint of either loads into the other.
 
-Updates write into ``param.data`` *in place*: a parameter may be a view into one flat
-buffer (what the fused kernels update in one call), and rebinding ``param.data`` would cut
-that view loose; a fused optimizer notices a rebinding and re-packs (``flat.py``).
+**What an update touches.** ``param.data`` is updated *in place* and never rebound, so
+``w = lin.weight.data`` keeps following the parameter, and two parameters that share
+memory (``Tensor.from_array`` twice on one array) are both applied to it, in list order,
+on either path. Gradients are read-only inputs: an update never writes into an array a
+``.grad`` points to, so a gradient kept from an earlier step keeps its values. After
+updating a parameter, ``step()`` bumps its version counter (``p._mark_dirty()``), so a
+graph recorded before the step refuses to run backward through the changed values.
+
+**One scale per step.** ``step(grad_scale=s)`` multiplies every gradient by ``s`` inside
+the update (the fused pass or the reference formula), without touching ``.grad``:
+``s = (1/k) * clip_coef / world_size`` for k accumulated micro-batches, the global-norm
+clipping coefficient and gradients summed over ``world_size`` workers. ``tg.train.fit``
+passes it; ``tg.nn.utils.grad_scale_for_step`` computes it in one fused pass.
 """
 
 from __future__ import annotations
@@ -42,7 +56,28 @@ import numpy as np
 from .. import backend
 from ..sparse import SparseRowGrad
 from ..tensor import Tensor, enable_grad
-from .flat import FlatGroup, numba_available, unsupported_reason
+
+FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_numba_ok = None
+
+
+def numba_available() -> bool:
+    """True when Numba imports (checked once): the fused kernels need it."""
+    global _numba_ok
+    if _numba_ok is None:
+        try:
+            import numba  # noqa: F401
+            _numba_ok = True
+        except Exception:  # ImportError, or a broken llvmlite raising at import
+            _numba_ok = False
+    return _numba_ok
+
+
+def unsupported_reason(p: Tensor) -> str | None:
+    """Why the fused kernels cannot update ``p`` (None when they can)."""
+    if p.dtype not in FUSED_DTYPES:
+        return f"has dtype {p.dtype}; the fused kernels update float32 and float64 only"
+    return None
 
 
 def check_fused(fused):
@@ -76,6 +111,52 @@ def resolve_fused(fused, params: list, owner: str, *, has_kernel: bool = True) -
     if reason is not None and fused:
         raise ValueError(f"{owner}(fused=True): {reason}; use fused=None (automatic) or fused=False")
     return reason is None
+
+
+def kernel_batches(params: list, grads: list, *, key=None, strict: bool, owner: str):
+    """Split one group's update into calls the fused kernels take: ``(batches, rest)``.
+
+    ``batches`` lists index lists, one per (device, dtype, ``key(i)``), in first-seen
+    order (``key`` separates parameters whose per-call scalars differ: Adam's step count,
+    a new SGD momentum buffer); ``rest`` lists the indices the kernels cannot take (a
+    sparse gradient, a non-contiguous ``p.data``, a dtype the kernels lack), which the
+    caller hands to the reference. With ``strict=True`` (``fused=True``) those raise
+    instead. A gradient the kernels could read only after a conversion (another dtype, a
+    non-contiguous view) is replaced in ``grads`` by a contiguous copy: never written, so
+    the user's array is left as it was.
+    """
+    batches: dict = {}
+    rest = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        why = None
+        if isinstance(g, SparseRowGrad):
+            why = "has a sparse gradient (SparseRowGrad)"
+        elif p.dtype not in FUSED_DTYPES:
+            why = f"has dtype {p.dtype}"
+        elif not p.flags.c_contiguous:
+            why = "has a non-contiguous array"
+        if why is not None:
+            if strict:
+                raise RuntimeError(f"{owner}(fused=True): parameter {i} of the group {why}, which the fused "
+                                   "kernels cannot update; use fused=None to update it with the reference, "
+                                   "or fused=False")
+            rest.append(i)
+            continue
+        if g.dtype != p.dtype or not g.flags.c_contiguous:
+            with backend.device_context(backend.device_of(p)):
+                grads[i] = backend.get_array_module(p).ascontiguousarray(g, dtype=p.dtype)
+        k = (type(p), backend.device_of(p), p.dtype, None if key is None else key(i))
+        batch = batches.get(k)
+        if batch is None:
+            batches[k] = [i]
+        else:
+            batch.append(i)
+    return list(batches.values()), rest
+
+
+def pick(items: list, indices: list) -> list:
+    """``[items[i] for i in indices]`` (the lists of one kernel call)."""
+    return [items[i] for i in indices]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -140,12 +221,12 @@ class Optimizer:
 
     #: False for an optimizer without a fused kernel (SparseAdam).
     _has_fused_kernel = True
+    #: The names of the per-parameter state entries this optimizer keeps.
+    _state_names: frozenset = frozenset()
 
     def __init__(self, params, defaults: dict, *, fused=None):
         self._fused_arg = check_fused(fused)
         self.fused = False  # decided below, once every group is known
-        self._flat_groups: list = []  # a FlatGroup per parameter group (None: reference update)
-        self._grads_persist = False   # the last zero_grad() kept gradients (set_to_none=False)
         self.defaults = dict(defaults)
         self._validate_group(self.defaults)  # bad defaults fail even if every group overrides them
         self.state: dict[Tensor, dict] = {}
@@ -165,8 +246,6 @@ class Optimizer:
         everything = [p for group in self.param_groups for p in group["params"]]
         self.fused = resolve_fused(self._fused_arg, everything, type(self).__name__,
                                    has_kernel=self._has_fused_kernel)
-        if self.fused:
-            self._flat_groups = [FlatGroup(group["params"]) for group in self.param_groups]
 
     # ------------------------------------------------------------------ groups
     def _validate_group(self, group: dict) -> None:
@@ -210,17 +289,13 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._validate_group(group)
-        flat = None
-        if self.fused:  # a group added after construction: packed too, when the kernels take it
-            reasons = [(i, unsupported_reason(p)) for i, p in enumerate(params)]
-            reasons = [(i, why) for i, why in reasons if why is not None]
-            if reasons and self._fused_arg:
-                i, why = reasons[0]
-                raise ValueError(f"{type(self).__name__}(fused=True): params[{i}] of the new group {why}")
-            flat = None if reasons else FlatGroup(params)  # fused=None: that group takes the reference
+        if self.fused and self._fused_arg:  # a group added later must suit the kernels too
+            for i, p in enumerate(params):
+                why = unsupported_reason(p)
+                if why is not None:
+                    raise ValueError(f"{type(self).__name__}(fused=True): params[{i}] of the new group {why}")
         group["params"] = params
         self.param_groups.append(group)
-        self._flat_groups.append(flat)
 
     # ------------------------------------------------------------------ gradients
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -228,87 +303,80 @@ class Optimizer:
 
         ``set_to_none=True`` (the default, like torch) drops ``.grad``; the next backward
         then stores a fresh array and parameters that got no gradient are skipped by
-        ``step()``. ``set_to_none=False`` writes zeros into the existing array in place
-        (keeping views into a flat gradient buffer alive). A sparse gradient
-        (``SparseRowGrad``) has no "zero array" to keep, so it is always dropped.
-
-        **Fused optimizers.** The semantics are the same (a parameter whose ``.grad`` is
-        None is skipped, exactly as by the reference). What differs is the cost:
-
-        * ``set_to_none=True``: on the CPU, an op that computes a parameter's whole
-          gradient in one array op (``Linear``'s ``dW`` and ``db``) writes it straight
-          into the parameter's segment of the flat gradient buffer, unless something
-          outside still holds that memory (a ``.grad`` kept from an earlier step keeps
-          its values: ``Function.grad_buffer``). Any other gradient arrives as a fresh
-          array and ``step()`` copies it into the buffer (one pass over it).
-        * ``set_to_none=False``: after the next ``step()`` each ``.grad`` holds a view into
-          the flat gradient buffer (the same Tensor object, same values); from then on
-          this call zeroes the whole buffer at once, backward accumulates straight into
-          it, and ``step()`` copies nothing. A gradient Tensor kept from an earlier
-          step then changes with the buffer, as a kept gradient always does with
-          ``set_to_none=False``.
+        ``step()``. ``set_to_none=False`` writes zeros into the existing ``.grad`` array in
+        place (torch's ``grad.zero_()``), so backward then accumulates into it; a gradient
+        array kept by the user from before changes with it. A sparse gradient
+        (``SparseRowGrad``) has no "zero array" to keep, so it is always dropped; a
+        gradient recorded with ``create_graph=True`` is replaced by fresh zeros instead of
+        being written into (it is part of a graph).
         """
-        if self.fused:
-            self._sync_flat()
-            self._grads_persist = not set_to_none
-            if not set_to_none:
-                for flat in self._flat_groups:
-                    for pack in flat.packs if flat is not None else ():
-                        pack.zero_grads()  # the views; other arrays are zeroed below
-        for gi, group in enumerate(self.param_groups):
-            flat = self._flat_groups[gi] if self.fused else None
+        for group in self.param_groups:
             for p in group["params"]:
                 grad = p.grad
                 if grad is None:
                     continue
-                if not set_to_none and flat is not None and isinstance(grad, Tensor):
-                    pack, i = flat.where[id(p)]
-                    if grad.data is pack.grad_views[i] and grad.grad_fn is None:
-                        continue  # zeroed with its whole buffer above
                 if set_to_none or isinstance(grad, SparseRowGrad):
                     p.grad = None
-                elif grad.grad_fn is not None:  # a create_graph gradient: do not write into the graph
+                elif grad.grad_fn is not None:
                     p.grad = Tensor._make(backend.get_array_module(grad.data).zeros_like(grad.data), grad.device)
                 else:
                     grad.data[...] = 0
+                    grad._mark_dirty()
 
-    def _gather(self, group: dict, flat: FlatGroup | None = None):
+    def _gather(self, gi: int, group: dict):
         """The group's parameters that have a gradient, and those gradients (raw arrays or
-        ``SparseRowGrad``), each checked against its parameter. A gradient that is the
-        view a fused optimizer installed fits its parameter by construction."""
+        ``SparseRowGrad``), each checked against its parameter; the parameter's array must
+        be writeable and its state arrays must still have its shape. Changes nothing
+        (except that state arrays follow a parameter moved to another dtype or device)."""
         params, grads = [], []
-        where = flat.where if flat is not None else {}
         dense_checked = False
-        for p in group["params"]:
+        for i, p in enumerate(group["params"]):
             grad = p.grad
             if grad is None:
                 continue
+            data = p.data
+            where = f"parameter {i} of param_groups[{gi}] (shape {tuple(data.shape)})"
             if isinstance(grad, Tensor):  # the usual case, checked with raw attributes (this runs every step)
-                if where:
-                    pack, i = where[id(p)]
-                    if grad.data is pack.grad_views[i]:
-                        params.append(p)
-                        grads.append(grad.data)
-                        continue
                 if not dense_checked:
                     self._check_dense(group)
                     dense_checked = True
-                if grad.data.shape != p.data.shape:
-                    raise ValueError(f"gradient of shape {grad.shape} for a parameter of shape {p.shape}")
+                if grad.data.shape != data.shape:
+                    raise ValueError(f"gradient of shape {grad.shape} for {where}")
                 if grad._device != p._device:
-                    raise ValueError(f"gradient on {grad.device} for a parameter on {p.device}")
+                    raise ValueError(f"gradient on {grad.device} for {where} on {p.device}")
                 grads.append(grad.data)
             elif isinstance(grad, SparseRowGrad):
                 self._check_sparse(group)
                 if grad.shape != p.shape:
-                    raise ValueError(f"sparse gradient of shape {grad.shape} for a parameter of shape {p.shape}")
+                    raise ValueError(f"sparse gradient of shape {grad.shape} for {where}")
                 if grad.device != p.device:
-                    raise ValueError(f"sparse gradient on {grad.device} for a parameter on {p.device}")
+                    raise ValueError(f"sparse gradient on {grad.device} for {where} on {p.device}")
                 grads.append(grad)
             else:
                 raise ValueError(f"param.grad must be a Tensor or SparseRowGrad, got {type(grad).__name__}")
+            if not getattr(data.flags, "writeable", True):
+                raise ValueError(f"{where} has a read-only .data array; the optimizer updates parameters in "
+                                 "place: give it a writeable array (e.g. p.data = p.data.copy())")
+            state = self.state.get(p)
+            if state:
+                self._check_state(p, state, where)
             params.append(p)
         return params, grads
+
+    @staticmethod
+    def _check_state(p: Tensor, state: dict, where: str) -> None:
+        """State arrays must have the parameter's shape (``p.data`` rebound to another shape
+        is refused before any change); they follow a change of dtype or device."""
+        data = p.data
+        for name, value in state.items():
+            if not backend.is_array(value) or value.ndim == 0:
+                continue
+            if value.shape != data.shape:
+                raise ValueError(f"state {name!r} of {where} has shape {tuple(value.shape)}: the parameter was "
+                                 "rebound to another shape after the optimizer saw it; build a new optimizer")
+            if value.dtype != data.dtype or backend.device_of(value) != p.device:
+                with backend.device_context(p.device):  # module.to(float64 / "cuda") after the optimizer
+                    state[name] = backend.to_device(value, p.device).astype(data.dtype)
 
     def _check_sparse(self, group: dict) -> None:
         """Raise unless this optimizer (with this group's settings) takes ``SparseRowGrad``."""
@@ -318,141 +386,65 @@ class Optimizer:
     def _check_dense(self, group: dict) -> None:
         """Raise unless this optimizer takes dense gradients (all but SparseAdam do)."""
 
+    def _check_hyperparameters(self, gi: int, group: dict) -> None:
+        """The group's hyperparameters as they are *now*: a learning rate set by hand or by
+        a scheduler (``LambdaLR`` returning NaN or a negative factor) is checked at every
+        ``step()``, once per group, before anything changes."""
+        try:
+            self._validate_group(group)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"param_groups[{gi}] of {type(self).__name__}: {error} (checked at step(); "
+                             "was it set by hand or by a learning-rate scheduler?)") from None
+
     # ------------------------------------------------------------------ stepping
-    def step(self, closure=None):
+    def step(self, closure=None, *, grad_scale: float = 1.0):
         """Update every parameter that has a gradient; return ``closure()``'s loss if given.
 
         ``closure`` re-evaluates the model and returns the loss (with gradients
         recorded), as in torch; most training loops call ``backward()`` themselves and
-        pass nothing. Every gradient is checked before any parameter changes.
+        pass nothing. ``grad_scale`` multiplies every gradient inside the update, without
+        changing ``.grad`` (see the module docstring: averaging k micro-batches, the
+        clipping coefficient, 1/world size). Everything is checked before any parameter
+        changes; each updated parameter's version counter is bumped.
         """
+        if isinstance(grad_scale, bool) or not isinstance(grad_scale, Real) or not math.isfinite(grad_scale) \
+                or grad_scale < 0:
+            raise ValueError(f"invalid grad_scale {grad_scale!r}: must be a finite number >= 0")
         loss = None
         if closure is not None:
             with enable_grad():
                 loss = closure()
-        if not self.fused:
-            gathered = [self._gather(group) for group in self.param_groups]
-            for group, (params, grads) in zip(self.param_groups, gathered):
-                if params:
-                    self._update_group(group, params, grads)
-            return loss
-        self._sync_flat()
-        plans = [self._plan(gi) for gi in range(len(self.param_groups))]  # every check before any change
-        for group, (dense, reference_params, reference_grads) in zip(self.param_groups, plans):
-            for pack, indices, copies in dense:
-                self._load_grads(pack, copies)
-                pack.adopt_state(self.state)
-                self._fused_update(group, pack, indices)
-            if reference_params:  # a group the kernels cannot take, or sparse gradients (fused=None)
-                self._update_group(group, reference_params, reference_grads)
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            self._check_hyperparameters(gi, group)
+            work.append(self._gather(gi, group))
+        for group, (params, grads) in zip(self.param_groups, work):
+            if params:
+                self._update_group(group, params, grads, float(grad_scale))
+                for p in params:
+                    p._mark_dirty()
         return loss
 
-    def _update_group(self, group: dict, params: list, grads: list) -> None:  # pragma: no cover - abstract
-        """Create missing state, then call the functional reference update for one group."""
+    def _update_group(self, group: dict, params: list, grads: list, grad_scale: float) -> None:  # pragma: no cover
+        """Create missing state, then call the functional update (``adam(...)``) for one
+        group's parameters that have a gradient, with ``fused=self.fused``."""
         raise NotImplementedError
 
-    def _fused_update(self, group: dict, pack, indices: list) -> None:  # pragma: no cover - abstract
-        """Create missing state, then call the functional fused update over the flat
-        buffers of ``pack`` for the parameters ``indices`` (those with a gradient, already
-        in ``pack.grad_flat``): one call per run of ``pack.runs``."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ flat buffers
-    def _sync_flat(self) -> None:
-        """Catch rebound parameters (``p.data`` no longer the installed view) and re-pack
-        their group; a rebinding to a dtype the kernels cannot take raises with
-        ``fused=True`` and hands the group to the reference with ``fused=None``."""
-        for gi, flat in enumerate(self._flat_groups):
-            if flat is None:
-                continue
-            stale = flat.stale()
-            if not stale:
-                continue
-            flat.check_rebound(stale, gi)
-            params = self.param_groups[gi]["params"]
-            reasons = [(i, unsupported_reason(p)) for i, p in enumerate(params)]
-            reasons = [(i, why) for i, why in reasons if why is not None]
-            if reasons:
-                i, why = reasons[0]
-                if self._fused_arg:
-                    raise RuntimeError(f"{type(self).__name__}(fused=True): parameter {i} of parameter group {gi} "
-                                       f"was rebound to an array the fused kernels cannot update: it {why}")
-                for p in params:  # the reference keeps each state array like its parameter
-                    for name, value in self.state.get(p, {}).items():
-                        if backend.is_array(value) and value.ndim > 0:
-                            with backend.device_context(p.device):
-                                self.state[p][name] = backend.to_device(value, p.device).astype(p.dtype)
-                self._flat_groups[gi] = None
-                continue
-            flat.repack(self.state)
-
-    def _plan(self, gi: int):
-        """One group's work: ``(dense, reference_params, reference_grads)`` where ``dense``
-        lists ``(pack, indices, copies)``: the parameters of each pack that have a dense
-        gradient, and the gradients among them that are not yet the pack's views. The
-        rest goes to the reference update (all of a group without packs; a sparse
-        gradient with ``fused=None``). Checks every gradient and changes nothing."""
-        group, flat = self.param_groups[gi], self._flat_groups[gi]
-        if flat is None:
-            params, grads = self._gather(group)
-            return [], params, grads
-        if all(pack.grads_in_place() for pack in flat.packs):  # the steady state: nothing to look at
-            return [(pack, pack.all_indices, []) for pack in flat.packs], [], []
-        params, grads = self._gather(group, flat)
-        dense: dict[int, tuple] = {}
-        sparse_params, sparse_grads = [], []
-        for p, grad in zip(params, grads):
-            if isinstance(grad, SparseRowGrad):
-                if self._fused_arg:
-                    i = flat.position[id(p)]
-                    raise RuntimeError(
-                        f"{type(self).__name__}(fused=True): parameter {i} of parameter group {gi} has a sparse "
-                        "gradient (SparseRowGrad), which the fused kernels cannot update; use fused=None to "
-                        "update sparse gradients with the reference, or fused=False")
-                sparse_params.append(p)
-                sparse_grads.append(grad)
-                continue
-            pack, i = flat.where[id(p)]
-            entry = dense.get(id(pack))
-            if entry is None:
-                entry = dense[id(pack)] = (pack, [], [])
-            entry[1].append(i)
-            if grad is not pack.grad_views[i]:
-                entry[2].append((i, grad))
-        return list(dense.values()), sparse_params, sparse_grads
-
-    def _load_grads(self, pack, copies: list) -> None:
-        """Copy gradients that are not views into the pack's flat gradient buffer; after
-        ``zero_grad(set_to_none=False)`` the ``.grad`` Tensor then takes the view."""
-        with backend.device_context(pack.device):
-            for i, grad in copies:
-                view = pack.grad_views[i]
-                view[...] = grad
-                if self._grads_persist:
-                    tensor = pack.params[i].grad
-                    if (isinstance(tensor, Tensor) and tensor.data is grad and tensor.grad_fn is None
-                            and grad.dtype == view.dtype):
-                        tensor.data = view
-
-    def _new_state(self, p: Tensor, name: str, fill: float = 0.0):
-        """A new state buffer for ``p`` holding ``fill``: its segment of the flat state
-        buffer ``name`` when ``p`` is packed, else a fresh array like ``p``."""
-        for flat in self._flat_groups:
-            where = flat.where.get(id(p)) if flat is not None else None
-            if where is not None:
-                pack, i = where
-                return pack.new_state(name, i, fill)
-        return full_like_param(p, fill)
+    def _fused_mode(self):
+        """The functional updates' ``fused`` argument: False (reference), True (kernels,
+        raising on what they cannot take) or None (kernels, reference for the rest)."""
+        return (True if self._fused_arg else None) if self.fused else False
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """The optimizer's state as plain data (like torch's, with copies, not references).
 
-        ``{"state": {index: {name: ndarray or number}}, "param_groups": [{hyperparameters...,
-        "params": [indices]}]}``. Parameters are numbered in group order; arrays are NumPy
-        copies (from the GPU too) and everything else is a Python number, bool, string or
-        tuple of numbers, so a checkpoint can store it in an ``.npz`` with
-        ``allow_pickle=False``.
+        ``{"optimizer": class name, "state": {index: {name: ndarray or number}},
+        "param_groups": [{hyperparameters..., "params": [indices]}]}``. Parameters are
+        numbered in group order; arrays are NumPy copies (from the GPU too) and everything
+        else is a Python number, bool, string or tuple of numbers, so a checkpoint can store
+        it in an ``.npz`` with ``allow_pickle=False``. The class name lets
+        :meth:`load_state_dict` refuse the state of another optimizer.
         """
         index: dict[int, int] = {}
         groups = []
@@ -470,19 +462,44 @@ class Optimizer:
                     state[index[id(p)]] = {
                         name: (backend.to_numpy(value).copy() if backend.is_array(value) else _plain(value))
                         for name, value in self.state[p].items()}
-        return {"state": state, "param_groups": groups}
+        return {"optimizer": type(self).__name__, "state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict, *, converting_from: str | None = None) -> None:
         """Restore a ``state_dict()`` so training continues bit for bit.
 
         The saved hyperparameters replace the current ones (the parameters stay). Every
-        check (group count, parameters per group, state array shapes, hyperparameter
-        ranges) runs before anything changes. Arrays are copied onto each parameter's
-        device and cast to its dtype; numbers that went through an ``.npz`` file (0-d
-        arrays) come back as Python numbers.
+        check (optimizer class, group count, parameters per group, state array shapes,
+        hyperparameter ranges, values that fit the parameter's dtype) runs before anything
+        changes. Arrays are copied onto each parameter's device and cast to its dtype; a
+        value that the cast makes non-finite (a float64 beyond float32's range) is refused.
+        Numbers that went through an ``.npz`` file (0-d arrays) come back as Python numbers.
+
+        **Another optimizer's state is refused**: ``AdamW().load_state_dict(adam.state_dict())``
+        would silently reinterpret ``weight_decay`` (Adam's L2 term becomes AdamW's decoupled
+        decay). To convert on purpose, name the class the state comes from::
+
+            adamw.load_state_dict(adam.state_dict(), converting_from="Adam")
+
+        Then the saved state arrays are kept when this optimizer uses entries of the same
+        names (Adam <-> AdamW: ``exp_avg``, ``exp_avg_sq``, ``step``), a saved entry this
+        optimizer does not know is refused, and hyperparameters this optimizer lacks in
+        the saved groups keep their current values; the saved ones (``lr``,
+        ``weight_decay``, ...) are taken *as numbers*, with this optimizer's meaning.
+        A state dict without a class name (written before the name was recorded) loads.
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups' entries")
+        saved_class = state_dict.get("optimizer")
+        saved_class = None if saved_class is None else str(_plain(saved_class))
+        mine = type(self).__name__
+        if converting_from is not None:
+            if saved_class is not None and saved_class != converting_from:
+                raise ValueError(f"converting_from={converting_from!r}, but the state dict was saved by {saved_class}")
+            saved_class = mine
+        if saved_class is not None and saved_class != mine:
+            raise ValueError(f"the state dict was saved by {saved_class}, this optimizer is {mine}; the "
+                             f"hyperparameters and state would change meaning. Convert explicitly with "
+                             f"load_state_dict(state_dict, converting_from={saved_class!r})")
         saved_groups = list(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
@@ -497,6 +514,9 @@ class Optimizer:
             for index, p in zip(saved_params, current["params"]):
                 id_map[int(index)] = p
             group = _group_like(saved)
+            if converting_from is not None:  # keep what this optimizer knows, current values for the rest
+                group = {**{k: v for k, v in current.items() if k != "params"},
+                         **{k: v for k, v in group.items() if k in self.defaults}}
             missing = sorted(set(self.defaults) - set(group))
             if missing:
                 raise ValueError(f"parameter group {i} of the loaded state dict lacks {missing} "
@@ -512,13 +532,25 @@ class Optimizer:
             p = id_map[index]
             restored = {}
             for name, value in entries.items():
+                if converting_from is not None and name not in self._state_names:
+                    raise ValueError(f"state {name!r} of parameter {index} has no meaning for {mine} (it keeps "
+                                     f"{sorted(self._state_names)}); cannot convert from {converting_from}")
                 if backend.is_array(value) and value.ndim > 0:
                     if tuple(value.shape) != tuple(p.shape):
                         raise ValueError(f"state {name!r} of parameter {index} has shape {tuple(value.shape)}, "
                                          f"the parameter has shape {tuple(p.shape)}")
                     with backend.device_context(p.device):
                         array = backend.to_device(value, p.device)
-                        restored[name] = array.astype(p.dtype if array.dtype.kind == "f" else array.dtype, copy=True)
+                        xp = backend.get_array_module(array)
+                        with np.errstate(over="ignore"):  # refused below with a clear message instead
+                            cast = array.astype(p.dtype if array.dtype.kind == "f" else array.dtype, copy=True)
+                        if cast.dtype.kind == "f" and cast.dtype.itemsize < array.dtype.itemsize:
+                            lost = int(xp.count_nonzero(~xp.isfinite(cast))) - int(xp.count_nonzero(~xp.isfinite(array)))
+                            if lost:
+                                raise ValueError(f"state {name!r} of parameter {index} holds {lost} value(s) beyond "
+                                                 f"the range of {cast.dtype} (saved as {array.dtype}); they would "
+                                                 "become inf")
+                        restored[name] = cast
                 else:
                     value = _plain(value)
                     if name == "step":
@@ -527,9 +559,6 @@ class Optimizer:
             new_state[p] = restored
         self.param_groups[:] = new_groups
         self.state = new_state
-        for flat in self._flat_groups:  # fused: the loaded arrays move into the flat state buffers
-            for pack in flat.packs if flat is not None else ():
-                pack.adopt_state(self.state)
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
@@ -547,3 +576,9 @@ def full_like_param(p: Tensor, value: float):
     of a parameter the reference updates)."""
     with backend.device_context(p.device):
         return backend.get_array_module(p.data).full_like(p.data, value)
+
+
+def empty_like(array):
+    """An uninitialised array like ``array`` on its device (a state buffer the kernel fills)."""
+    with backend.device_context(backend.device_of(array)):
+        return backend.get_array_module(array).empty_like(array, order="C")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from .. import backend, kernels
-from ..sparse import SparseRowGrad
-from .flat import KernelContext, as_flat
-from .optimizer import Optimizer, check_number
+from .optimizer import Optimizer, check_number, full_like_param, kernel_batches, pick
 
 
 class RMSprop(Optimizer):
@@ -40,9 +38,12 @@ class RMSprop(Optimizer):
     *normalised* gradient and ``eta`` multiplies the whole buffer (as in :class:`SGD`).
     **Weight decay** is coupled (L2). Sparse gradients are rejected.
 
-    **fused** (``None``: automatic): one Numba kernel call per parameter group updates
-    every parameter at once, over flat buffers (see :mod:`tinygrad_sgd.optim.optimizer`).
+    **fused** (``None``: automatic): one multi-tensor kernel call updates every parameter
+    of a group at once (per device and dtype), reading each gradient where backward left
+    it (see :mod:`tinygrad_sgd.optim.optimizer`).
     """
+
+    _state_names = frozenset({"step", "square_avg", "momentum_buffer", "grad_avg"})
 
     def __init__(self, params, lr: float = 1e-2, *, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
@@ -67,12 +68,12 @@ class RMSprop(Optimizer):
         for p in params:
             state = self.state.get(p)
             if not state:
-                state = self.state[p] = {"step": 0, "square_avg": self._new_state(p, "square_avg")}
+                state = self.state[p] = {"step": 0, "square_avg": full_like_param(p, 0.0)}
             # created on first need, so a momentum switched on later (CyclicLR) starts from zero
             if group["momentum"] > 0 and "momentum_buffer" not in state:
-                state["momentum_buffer"] = self._new_state(p, "momentum_buffer")
+                state["momentum_buffer"] = full_like_param(p, 0.0)
             if group["centered"] and "grad_avg" not in state:
-                state["grad_avg"] = self._new_state(p, "grad_avg")
+                state["grad_avg"] = full_like_param(p, 0.0)
             state["step"] += 1
             states.append(state)
         return states
@@ -82,42 +83,38 @@ class RMSprop(Optimizer):
         return dict(lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
                     momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"])
 
-    def _update_group(self, group: dict, params: list, grads: list) -> None:
+    def _update_group(self, group: dict, params: list, grads: list, grad_scale: float) -> None:
         states = self._init_state(group, params)
         rmsprop([p.data for p in params], grads, [s["square_avg"] for s in states],
                 [s.get("grad_avg") for s in states], [s.get("momentum_buffer") for s in states],
-                **self._hyper(group), fused=False)
-
-    def _fused_update(self, group: dict, pack, indices: list) -> None:
-        self._init_state(group, [pack.params[i] for i in indices])
-        momentum, centered = group["momentum"] > 0, group["centered"]
-        for start, stop, _ in pack.runs(indices):
-            def seg(flat):
-                return pack.segment(flat, start, stop)
-            rmsprop([seg(pack.param_flat)], [seg(pack.grad_flat)], [seg(pack.state_buffer("square_avg"))],
-                    [seg(pack.state_buffer("grad_avg")) if centered else None],
-                    [seg(pack.state_buffer("momentum_buffer")) if momentum else None],
-                    **self._hyper(group), fused=True)
+                **self._hyper(group), grad_scale=grad_scale, fused=self._fused_mode())
 
 
 def rmsprop(params: list, grads: list, square_avgs: list, grad_avgs: list, momentum_buffers: list, *, lr: float,
             alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool, maximize: bool,
-            fused: bool = False) -> None:
-    """Functional RMSprop over raw arrays; the one place that chooses the implementation:
-    the reference loop (:func:`_single_tensor_rmsprop`) or, with ``fused=True``, one fused
-    kernel call per list entry (:func:`_fused_rmsprop`)."""
-    impl = _fused_rmsprop if fused else _single_tensor_rmsprop
-    impl(params, grads, square_avgs, grad_avgs, momentum_buffers, lr=lr, alpha=alpha, eps=eps,
-         weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize)
+            grad_scale: float = 1.0, fused: bool | None = False) -> None:
+    """Functional RMSprop over raw arrays; the one place that chooses the implementation
+    (PyTorch's split): the reference loop (:func:`_single_tensor_rmsprop`, ``fused=False``)
+    or the multi-tensor kernels (:func:`_fused_rmsprop`; ``fused=True`` raises on a
+    parameter they cannot take, ``fused=None`` gives it to the reference)."""
+    kw = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+              maximize=maximize, grad_scale=grad_scale)
+    if fused is False:
+        _single_tensor_rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers, **kw)
+    else:
+        _fused_rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers, strict=bool(fused), **kw)
 
 
 def _single_tensor_rmsprop(params: list, grads: list, square_avgs: list, grad_avgs: list, momentum_buffers: list,
                            *, lr: float, alpha: float, eps: float, weight_decay: float, momentum: float,
-                           centered: bool, maximize: bool) -> None:
-    """The readable reference: one parameter at a time, the formula line by line."""
+                           centered: bool, maximize: bool, grad_scale: float = 1.0) -> None:
+    """The readable reference (the specification the kernel's ``rmsprop_element`` computes
+    element by element): one parameter at a time, the formula line by line."""
     for param, grad, square_avg, grad_avg, buf in zip(params, grads, square_avgs, grad_avgs, momentum_buffers):
         with backend.device_context(backend.device_of(param)):
             xp = backend.get_array_module(param)
+            if grad_scale != 1:
+                grad = grad * grad_scale                      # averaging, clipping, 1/world size (a new array)
             if maximize:
                 grad = -grad
             if weight_decay != 0:
@@ -139,16 +136,19 @@ def _single_tensor_rmsprop(params: list, grads: list, square_avgs: list, grad_av
 
 def _fused_rmsprop(params: list, grads: list, square_avgs: list, grad_avgs: list, momentum_buffers: list, *,
                    lr: float, alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool,
-                   maximize: bool) -> None:
-    """The fused update: per list entry, one pass over memory in one Numba kernel (one CUDA
-    launch for CuPy arrays), the arithmetic of :func:`_single_tensor_rmsprop` element by
-    element."""
-    for param, grad, square_avg, grad_avg, buf in zip(params, grads, square_avgs, grad_avgs, momentum_buffers):
-        if isinstance(grad, SparseRowGrad):
-            raise TypeError("the fused RMSprop update takes dense gradients only, got a SparseRowGrad")
-        with KernelContext(param):
-            kernels.rmsprop_update(as_flat(param, "param"), as_flat(grad, "grad"), as_flat(square_avg, "square_avg"),
-                                   as_flat(buf, "momentum_buffer") if momentum > 0 else None,
-                                   as_flat(grad_avg, "grad_avg") if centered else None,
-                                   lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                   centered=centered, maximize=maximize)
+                   maximize: bool, grad_scale: float, strict: bool) -> None:
+    """The fused update: one pass over memory for all parameters of one device and dtype,
+    in one multi-tensor kernel call (one CUDA launch for CuPy arrays), the arithmetic of
+    :func:`_single_tensor_rmsprop` element by element."""
+    grads = list(grads)
+    batches, rest = kernel_batches(params, grads, strict=strict, owner="RMSprop")
+    for idx in batches:
+        kernels.rmsprop_update(pick(params, idx), pick(grads, idx), pick(square_avgs, idx),
+                               pick(momentum_buffers, idx) if momentum > 0 else None,
+                               pick(grad_avgs, idx) if centered else None, lr=lr, alpha=alpha, eps=eps,
+                               weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize,
+                               grad_scale=grad_scale)
+    if rest:
+        _single_tensor_rmsprop(pick(params, rest), pick(grads, rest), pick(square_avgs, rest), pick(grad_avgs, rest),
+                               pick(momentum_buffers, rest), lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                               momentum=momentum, centered=centered, maximize=maximize, grad_scale=grad_scale)

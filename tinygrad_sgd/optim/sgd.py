@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from .. import backend, kernels
 from ..sparse import SparseRowGrad
-from .flat import KernelContext, as_flat
-from .optimizer import Optimizer, check_number
+from .optimizer import Optimizer, check_number, empty_like, kernel_batches, pick
 
 
 class SGD(Optimizer):
@@ -59,8 +58,10 @@ class SGD(Optimizer):
     (as in PyTorch): it would touch every row. A fused optimizer (``fused=None``) updates
     a parameter whose gradient arrives sparse with the reference update.
 
-    **fused** (``None``: automatic): one Numba kernel call per parameter group updates
-    every parameter at once, over flat buffers (see :mod:`tinygrad_sgd.optim.optimizer`).
+    **fused** (``None``: automatic): one multi-tensor kernel call updates every parameter
+    of a group at once (per device and dtype; parameters whose momentum buffer is new in a
+    separate call), reading each gradient where backward left it (see
+    :mod:`tinygrad_sgd.optim.optimizer`).
 
     Example::
 
@@ -73,6 +74,8 @@ class SGD(Optimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults, fused=fused)
+
+    _state_names = frozenset({"momentum_buffer"})
 
     def _validate_group(self, group: dict) -> None:
         group["lr"] = check_number("lr", group["lr"])
@@ -90,60 +93,53 @@ class SGD(Optimizer):
             raise RuntimeError("SGD: weight_decay cannot be combined with sparse gradients (it would "
                                "touch every row); use weight_decay=0 for Embedding(sparse=True)")
 
-    def _update_group(self, group: dict, params: list, grads: list) -> None:
+    def _update_group(self, group: dict, params: list, grads: list, grad_scale: float) -> None:
         momentum_buffers = [self.state.get(p, {}).get("momentum_buffer") for p in params]
         sgd([p.data for p in params], grads, momentum_buffers, lr=group["lr"], momentum=group["momentum"],
             dampening=group["dampening"], weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-            maximize=group["maximize"], fused=False)
+            maximize=group["maximize"], grad_scale=grad_scale, fused=self._fused_mode())
         if group["momentum"] != 0:
             for p, buf in zip(params, momentum_buffers):
                 self.state.setdefault(p, {})["momentum_buffer"] = buf
 
-    def _fused_update(self, group: dict, pack, indices: list) -> None:
-        use_momentum = group["momentum"] != 0
-        # A parameter without a momentum buffer starts it from its gradient (first_step);
-        # with momentum off, no state at all, as in the reference.
-        has_buffer = (lambda i: "momentum_buffer" in self.state.get(pack.params[i], ())) if use_momentum else None
-        for start, stop, buffered in pack.runs(indices, has_buffer):
-            bufs = [pack.segment(pack.state_buffer("momentum_buffer"), start, stop) if use_momentum else None]
-            sgd([pack.segment(pack.param_flat, start, stop)], [pack.segment(pack.grad_flat, start, stop)], bufs,
-                lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
-                fused=True, first_step=buffered is False)
-            if buffered is False:
-                for i in range(start, stop):
-                    self.state.setdefault(pack.params[i], {})["momentum_buffer"] = pack.state_view("momentum_buffer", i)
-
 
 def sgd(params: list, grads: list, momentum_buffers: list, *, lr: float, momentum: float, dampening: float,
-        weight_decay: float, nesterov: bool, maximize: bool, fused: bool = False, first_step: bool = False) -> None:
-    """Functional SGD over raw arrays; new momentum buffers are written into ``momentum_buffers``.
+        weight_decay: float, nesterov: bool, maximize: bool, grad_scale: float = 1.0,
+        fused: bool | None = False) -> None:
+    """Functional SGD over raw arrays; new momentum buffers are written into ``momentum_buffers``
+    (a ``None`` entry: the buffer starts from this step's gradient).
 
-    The one place that chooses the implementation: the reference loop
-    (:func:`_single_tensor_sgd`) or, with ``fused=True``, one fused kernel call per list
-    entry (:func:`_fused_sgd`; pass flat buffers to update many parameters in one call).
-    ``first_step`` (fused only) says the given momentum buffers are new: the kernel
-    fills them from the gradient, what the reference does for a ``None`` entry.
+    The one place that chooses the implementation (PyTorch's split): the reference loop
+    (:func:`_single_tensor_sgd`, ``fused=False``) or the multi-tensor kernels
+    (:func:`_fused_sgd`; ``fused=True`` raises on a parameter they cannot take,
+    ``fused=None`` gives it to the reference). ``grad_scale`` multiplies every gradient
+    first; the gradient arrays are only read.
     """
-    if fused:
-        _fused_sgd(params, grads, momentum_buffers, lr=lr, momentum=momentum, dampening=dampening,
-                   weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, first_step=first_step)
+    kw = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+              maximize=maximize, grad_scale=grad_scale)
+    if fused is False:
+        _single_tensor_sgd(params, grads, momentum_buffers, **kw)
     else:
-        _single_tensor_sgd(params, grads, momentum_buffers, lr=lr, momentum=momentum, dampening=dampening,
-                           weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+        _fused_sgd(params, grads, momentum_buffers, strict=bool(fused), **kw)
 
 
 def _single_tensor_sgd(params: list, grads: list, momentum_buffers: list, *, lr: float, momentum: float,
-                       dampening: float, weight_decay: float, nesterov: bool, maximize: bool) -> None:
-    """The readable reference: one parameter at a time, the formula line by line."""
+                       dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
+                       grad_scale: float = 1.0) -> None:
+    """The readable reference (the specification the kernel's ``sgd_element`` computes
+    element by element): one parameter at a time, the formula line by line."""
     for i, (param, grad) in enumerate(zip(params, grads)):
         with backend.device_context(backend.device_of(param)):
             if isinstance(grad, SparseRowGrad):
+                if grad_scale != 1:
+                    grad = SparseRowGrad(grad.indices, grad.values * grad_scale, grad.shape)
                 if momentum == 0:
                     # p[rows] -= lr * g[rows]; repeated rows add up (a scatter-add)
                     backend.index_add(param, grad.indices, (lr if maximize else -lr) * grad.values)
                     continue
                 grad = grad.to_dense()  # dense momentum buffer: touched rows keep their velocity
+            elif grad_scale != 1:
+                grad = grad * grad_scale                      # averaging, clipping, 1/world size (a new array)
             d_p = -grad if maximize else grad                 # ascend: follow +grad
             if weight_decay != 0:
                 d_p = d_p + weight_decay * param              # grad of (wd/2)||p||^2 joins the gradient
@@ -160,19 +156,26 @@ def _single_tensor_sgd(params: list, grads: list, momentum_buffers: list, *, lr:
 
 
 def _fused_sgd(params: list, grads: list, momentum_buffers: list, *, lr: float, momentum: float, dampening: float,
-               weight_decay: float, nesterov: bool, maximize: bool, first_step: bool = False) -> None:
-    """The fused update: per list entry, one pass over memory in one Numba kernel (one CUDA
-    launch for CuPy arrays), the arithmetic of :func:`_single_tensor_sgd` element by
-    element. A ``None`` momentum buffer is allocated here and started from the gradient."""
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        if isinstance(grad, SparseRowGrad):
-            raise TypeError("the fused SGD update takes dense gradients only, got a SparseRowGrad")
-        buf, first = momentum_buffers[i], first_step
-        with KernelContext(param):
-            if momentum != 0 and buf is None:
-                buf = momentum_buffers[i] = backend.get_array_module(param).empty(param.shape, dtype=param.dtype)
-                first = True
-            kernels.sgd_update(as_flat(param, "param"), as_flat(grad, "grad"),
-                               as_flat(buf, "momentum_buffer") if momentum != 0 else None,
-                               lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                               weight_decay=weight_decay, maximize=maximize, first_step=first)
+               weight_decay: float, nesterov: bool, maximize: bool, grad_scale: float, strict: bool) -> None:
+    """The fused update: one pass over memory for all parameters of one device and dtype,
+    in one multi-tensor kernel call (one CUDA launch for CuPy arrays), the arithmetic of
+    :func:`_single_tensor_sgd` element by element. A ``None`` momentum buffer is allocated
+    here and the kernel starts it from the gradient (``first_step``), in a call of its own."""
+    grads = list(grads)
+    new = [momentum != 0 and buf is None for buf in momentum_buffers]
+    batches, rest = kernel_batches(params, grads, key=new.__getitem__, strict=strict, owner="SGD")
+    for idx in batches:
+        first = new[idx[0]]
+        if first:
+            for i in idx:
+                momentum_buffers[i] = empty_like(params[i])
+        kernels.sgd_update(pick(params, idx), pick(grads, idx), pick(momentum_buffers, idx) if momentum != 0 else None,
+                           lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                           weight_decay=weight_decay, maximize=maximize, first_step=first, grad_scale=grad_scale)
+    if rest:
+        buffers = pick(momentum_buffers, rest)
+        _single_tensor_sgd(pick(params, rest), pick(grads, rest), buffers, lr=lr, momentum=momentum,
+                           dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                           grad_scale=grad_scale)
+        for i, buf in zip(rest, buffers):
+            momentum_buffers[i] = buf

@@ -33,11 +33,12 @@ class SparseAdam(Optimizer):
     (use :class:`Adam`), as in PyTorch.
 
     **No fused update**: the cost is already proportional to the touched rows, which a
-    flat-buffer kernel over the whole table would not be. ``fused=None`` and ``False``
+    kernel over the whole table would not be. ``fused=None`` and ``False``
     take the reference; ``fused=True`` raises a ``ValueError``.
     """
 
     _has_fused_kernel = False
+    _state_names = frozenset({"step", "exp_avg", "exp_avg_sq"})
 
     def __init__(self, params, lr: float = 1e-3, *, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  maximize: bool = False, fused=None):
@@ -57,26 +58,28 @@ class SparseAdam(Optimizer):
         raise RuntimeError("SparseAdam does not support dense gradients; use Adam (SparseAdam is for "
                            "parameters whose .grad is a SparseRowGrad, e.g. Embedding(sparse=True))")
 
-    def _update_group(self, group: dict, params: list, grads: list) -> None:
+    def _update_group(self, group: dict, params: list, grads: list, grad_scale: float) -> None:
         states = adam_states(self, params, amsgrad=False)
         beta1, beta2 = group["betas"]
         sparse_adam([p.data for p in params], grads, [s["exp_avg"] for s in states],
                     [s["exp_avg_sq"] for s in states], [s["step"] for s in states], lr=group["lr"], beta1=beta1,
-                    beta2=beta2, eps=group["eps"], maximize=group["maximize"], fused=False)
+                    beta2=beta2, eps=group["eps"], maximize=group["maximize"], grad_scale=grad_scale, fused=False)
 
 
 def sparse_adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list, *, lr: float,
-                beta1: float, beta2: float, eps: float, maximize: bool, fused: bool = False) -> None:
+                beta1: float, beta2: float, eps: float, maximize: bool, grad_scale: float = 1.0,
+                fused: bool = False) -> None:
     """Functional lazy Adam over raw arrays and ``SparseRowGrad``s: the reference only."""
     if fused:
         raise ValueError("sparse_adam has no fused update (it updates only the rows of a sparse gradient); "
                          "use fused=False")
     _single_tensor_sparse_adam(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2,
-                               eps=eps, maximize=maximize)
+                               eps=eps, maximize=maximize, grad_scale=grad_scale)
 
 
 def _single_tensor_sparse_adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list, *,
-                               lr: float, beta1: float, beta2: float, eps: float, maximize: bool) -> None:
+                               lr: float, beta1: float, beta2: float, eps: float, maximize: bool,
+                               grad_scale: float = 1.0) -> None:
     """The readable reference: one parameter at a time, touched rows only."""
     for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
         with backend.device_context(backend.device_of(param)):
@@ -85,6 +88,8 @@ def _single_tensor_sparse_adam(params: list, grads: list, exp_avgs: list, exp_av
             rows, values = grad.indices, grad.values
             if rows.shape[0] == 0:
                 continue                                      # no row touched: nothing moves
+            if grad_scale != 1:
+                values = values * grad_scale                  # averaging, clipping, 1/world size
             if maximize:
                 values = -values
             m = exp_avg[rows]
