@@ -26,6 +26,7 @@ from ..sparse import SparseRowGrad
 from ..tensor import Tensor
 
 __all__ = ["get_total_norm", "clip_grads_with_norm_", "clip_grad_norm_", "clip_grad_value_",
+           "grad_sum_of_squares", "grad_scale_for_step", "GradientNoiseScale",
            "annealed_noise_std", "add_grad_noise_", "AnnealedGradNoise", "add_l1_grad_",
            "l1_penalty", "l2_penalty"]
 
@@ -171,6 +172,158 @@ def clip_grad_value_(parameters, clip_value: float) -> None:
             _coalesce_(grad)
         values = _values(grad)
         backend.get_array_module(values).clip(values, -clip_value, clip_value, out=values)
+
+
+# ----------------------------------------------------------------------------- one scale per step
+
+
+def _kernels_take(arrays: list) -> bool:
+    """True when the fused sum of squares can read every array (float32/64, one device and
+    dtype, C-contiguous) and Numba imports."""
+    from ..optim.optimizer import FUSED_DTYPES, numba_available
+
+    if not arrays or not numba_available():
+        return False
+    first = arrays[0]
+    return all(type(a) is type(first) and a.dtype == first.dtype and a.dtype in FUSED_DTYPES
+               and a.flags.c_contiguous and backend.device_of(a) == backend.device_of(first) for a in arrays)
+
+
+def grad_sum_of_squares(parameters, *, fused: bool | None = None) -> float:
+    """``sum |g|^2`` over every element of every parameter's gradient: the squared global L2
+    norm, as a Python float (the gradients are only read).
+
+    ``fused`` (``None``: automatic) reads all dense gradients in one multi-tensor kernel
+    pass (``kernels.sum_of_squares``, float64 accumulation on the CPU, a tree reduction on
+    the GPU); ``False``, or gradients the kernel cannot read, use the NumPy reference
+    (``kernels.reference.sum_of_squares``, float64). A ``SparseRowGrad`` counts with its
+    repeated rows summed.
+    """
+    from .. import kernels
+    from ..kernels import reference
+
+    dense, total = [], 0.0
+    for p in _param_list(parameters, "grad_sum_of_squares"):
+        grad = p.grad
+        if grad is None:
+            continue
+        if isinstance(grad, SparseRowGrad):
+            total += reference.sum_of_squares([grad.coalesce().values])
+        else:
+            dense.append(grad.data)
+    if fused is not False and _kernels_take(dense):
+        return total + kernels.sum_of_squares(dense)
+    return total + reference.sum_of_squares(dense)
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def grad_scale_for_step(parameters, *, accumulated: int = 1, world_size: int = 1, max_norm: float | None = None,
+                        fused: bool | None = None) -> tuple:
+    r"""The one factor ``optimizer.step(grad_scale=...)`` applies to the summed gradients,
+    and the norm of the averaged gradient: ``(grad_scale, total_norm)``.
+
+    The gradients in ``.grad`` are sums: of ``accumulated`` micro-batch means (gradient
+    accumulation; backward adds into ``.grad``) and, after an all-reduce, of ``world_size``
+    workers' gradients. The step should use their mean, clipped to ``max_norm``::
+
+        n          = accumulated * world_size
+        total_norm = ||sum of gradients|| / n           (one fused pass over the gradients)
+        clip_coef  = min(1, max_norm / (total_norm + 1e-6))   (1 without max_norm)
+        grad_scale = clip_coef / n
+
+    so averaging, clipping (``clip_grad_norm_``'s coefficient, Pascanu et al. 2013) and the
+    update are then one more pass, inside the optimizer's kernel, and ``.grad`` is never
+    rewritten. ``total_norm`` is what ``clip_grad_norm_`` would return for the averaged
+    gradient (non-finite when a gradient is: check it before stepping). Usage::
+
+        scale, norm = tg.nn.utils.grad_scale_for_step(model.parameters(), accumulated=k, max_norm=1.0)
+        optimizer.step(grad_scale=scale)
+    """
+    accumulated = _check_count("accumulated", accumulated)
+    world_size = _check_count("world_size", world_size)
+    if max_norm is not None:
+        max_norm = _check_real("max_norm", max_norm)
+    n = accumulated * world_size
+    total_norm = math.sqrt(grad_sum_of_squares(parameters, fused=fused)) / n
+    coef = 1.0
+    if max_norm is not None and math.isfinite(total_norm):
+        coef = min(1.0, max_norm / (total_norm + 1e-6))
+    return coef / n, total_norm
+
+
+class GradientNoiseScale:
+    r"""The gradient noise scale ``B_simple = tr(Sigma) / |G|^2`` of McCandlish, Kaplan,
+    Amodei et al. (2018), *An Empirical Model of Large-Batch Training*, measured from the
+    micro-batch gradients of accumulated steps.
+
+    ``Sigma`` is the covariance of one sample's gradient and ``G`` the true gradient; the
+    batch size where larger batches stop paying off is about ``B_simple``. Neither is
+    known, but both have unbiased estimates from gradients of two batch sizes (the
+    paper's Appendix A): with the k micro-batch means ``g_j`` of size b of one step and
+    their mean ``G_B`` (batch ``B = k b``), ``S = sum_j |g_j - G_B|^2 / (k - 1)`` estimates
+    ``tr(Sigma) / b`` and ``|G_B|^2 - S / k`` estimates ``|G|^2``
+    (``kernels.per_sample_grad_stats`` with the micro-batches as its "samples").
+    As the paper advises, numerator and denominator are summed over the steps of an epoch
+    before dividing (a ratio of noisy estimates is biased; a ratio of averages much less)::
+
+        B_simple(epoch) = sum_steps b * S / sum_steps (|G_B|^2 - S / k)
+
+    Use: ``begin()`` before a step's micro-batches, ``add(params)`` after each backward
+    (``.grad`` then holds the running sum; the difference to the previous call is that
+    micro-batch's gradient), ``end(micro_batch_size)`` before the optimizer step, and
+    ``epoch_value()`` at the end of the epoch (NaN without a measured step). It keeps a
+    ``(k, P)`` float array: ``tg.train.fit(..., noise_scale=True)`` is opt-in.
+    """
+
+    def __init__(self):
+        self._rows: list = []
+        self._previous = None
+        self._noise = 0.0    # sum over steps of b * S  (tr(Sigma) estimates)
+        self._signal = 0.0   # sum over steps of |G|^2 estimates
+        self._steps = 0
+
+    def begin(self) -> None:
+        self._rows, self._previous = [], None
+
+    def add(self, parameters) -> None:
+        parts = []
+        for p in _param_list(parameters, "GradientNoiseScale.add"):
+            grad = p.grad
+            if grad is None:
+                parts.append(np.zeros(p.data.size, dtype=np.float64))
+            else:
+                dense = grad.to_dense() if isinstance(grad, SparseRowGrad) else grad.data
+                parts.append(backend.to_numpy(dense).astype(np.float64).reshape(-1))
+        total = np.concatenate(parts) if parts else np.zeros(0)
+        self._rows.append(total if self._previous is None else total - self._previous)
+        self._previous = total
+
+    def end(self, micro_batch_size: int) -> None:
+        """Add this step's estimates (steps with fewer than two micro-batches have none)."""
+        from .. import kernels
+
+        if len(self._rows) >= 2 and self._rows[0].size:
+            rows = np.stack(self._rows)
+            stats = kernels.per_sample_grad_stats(rows, np.empty(rows.shape[1], dtype=rows.dtype))
+            self._noise += micro_batch_size * stats.trace_cov
+            self._signal += stats.grad_sq_norm
+            self._steps += 1
+        self.begin()
+
+    def epoch_value(self) -> float:
+        """``B_simple`` over the steps since the last call (NaN if none; inf when the summed
+        ``|G|^2`` estimate is not positive: the noise hides the signal), then reset."""
+        noise, signal, steps = self._noise, self._signal, self._steps
+        self._noise = self._signal = 0.0
+        self._steps = 0
+        if steps == 0:
+            return math.nan
+        return noise / signal if signal > 0 else math.inf
 
 
 # ----------------------------------------------------------------------------- gradient noise

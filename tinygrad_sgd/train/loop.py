@@ -5,8 +5,9 @@
             loss = loss_fn(model(xb), yb)             # forward
             loss.backward()                          # gradients add into p.grad
             if k micro-batches are in:               # gradient accumulation
-                average the k gradients, clip them
-                optimizer.step(); optimizer.zero_grad()
+                scale = clip_coef / k                 # one fused pass: the gradient norm
+                optimizer.step(grad_scale=scale)      # averaging + clipping inside the update
+                optimizer.zero_grad()
                 scheduler.step()                     # per-step schedules
         evaluate on val_loader; scheduler.step()     # per-epoch schedules
 
@@ -24,8 +25,7 @@ import time
 import numpy as np
 
 from .. import backend, rng
-from ..sparse import SparseRowGrad
-from ..nn.utils import clip_grads_with_norm_, get_total_norm
+from ..nn.utils import GradientNoiseScale, grad_scale_for_step
 from ..optim.lr_scheduler import ReduceLROnPlateau
 from ..tensor import no_grad
 from . import metrics as metric_fns
@@ -160,15 +160,6 @@ def evaluate(model, loader, loss_fn=None, metrics=("accuracy",)) -> dict:
     return result
 
 
-def _scale_grads_(params, factor: float) -> None:
-    """Multiply every gradient by ``factor`` in place (averaging accumulated gradients)."""
-    for p in params:
-        if isinstance(p.grad, SparseRowGrad):
-            p.grad.values *= factor
-        elif p.grad is not None:
-            p.grad.data *= factor
-
-
 def _progress_bar(iterable, total: int, description: str, enabled: bool):
     if not enabled or not sys.stderr.isatty():
         return iterable
@@ -182,7 +173,8 @@ def _progress_bar(iterable, total: int, description: str, enabled: bool):
 def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None, scheduler=None,
         scheduler_interval: str = "epoch", accumulation_steps: int = 1, clip_grad_norm: float | None = None,
         callbacks=(), progress: bool = True, metrics=("accuracy",), scale_lr_with_batch_size: bool = False,
-        checkpoint_path=None, checkpoint_every: int | None = None, resume_from=None, log=print) -> History:
+        checkpoint_path=None, checkpoint_every: int | None = None, resume_from=None, log=print,
+        noise_scale: bool = False) -> History:
     """Train ``model`` with mini-batch SGD; return the :class:`History`.
 
     ``epochs`` is where training ends, counted by the loader: it runs until
@@ -198,6 +190,20 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     their average, so k micro-batches of size B/k give the update of one batch of B.
 
     ``clip_grad_norm``: rescale the (averaged) gradient to at most this global L2 norm.
+
+    Averaging and clipping never rewrite ``.grad``: one fused pass measures the norm of the
+    summed gradients, and the optimizer applies ``grad_scale = clip_coef / k`` inside its
+    update (``tg.nn.utils.grad_scale_for_step``, ``optimizer.step(grad_scale=...)``); the
+    reference optimizers (``fused=False``) compute the same numbers in NumPy.
+
+    ``noise_scale=True`` (needs ``accumulation_steps >= 2``) records the gradient noise
+    scale ``B_simple = tr(Sigma) / |G|^2`` of McCandlish et al. (2018), *An Empirical Model
+    of Large-Batch Training*, per epoch as ``"noise_scale"`` in the History: the k
+    micro-batch gradients of each step give unbiased estimates of ``tr(Sigma)`` (their
+    spread times the micro-batch size) and of ``|G|^2`` (the squared norm of their mean
+    minus its expected noise), summed over the epoch's steps before dividing
+    (:class:`tg.nn.utils.GradientNoiseScale` has the derivation). It roughly says which
+    batch size the problem can use well at this point of training.
 
     ``scale_lr_with_batch_size``: with a loader that has a batch-size schedule, multiply
     the learning rate by ``loader.lr_scale(epoch)`` (the linear scaling rule, Goyal et
@@ -216,6 +222,9 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         raise ValueError(f"accumulation_steps must be a positive int, got {accumulation_steps!r}")
     if clip_grad_norm is not None and not clip_grad_norm > 0:
         raise ValueError(f"clip_grad_norm must be > 0, got {clip_grad_norm!r}")
+    if noise_scale and accumulation_steps < 2:
+        raise ValueError("noise_scale=True needs accumulation_steps >= 2: the noise scale compares the "
+                         f"micro-batch gradients of one step, got accumulation_steps={accumulation_steps}")
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
@@ -228,6 +237,7 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     plateau = isinstance(scheduler, ReduceLROnPlateau)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     history = History()
+    noise = GradientNoiseScale() if noise_scale else None
     state = TrainState(model, optimizer, history)
     # Running sums of the epoch in progress (checkpointed, so a resumed epoch reports
     # the same numbers as an uninterrupted one).
@@ -269,6 +279,8 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
                                      step=state.step + 1, history=history)
             loss.backward()
             in_group += 1
+            if noise is not None:
+                noise.add(params)
             n = xb.shape[0]
             epoch_sums["loss"] += loss_value * n
             epoch_sums["samples"] += n
@@ -277,20 +289,18 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
             group_done = in_group == accumulation_steps or train_loader.epoch != epoch
             if not group_done:
                 continue
-            # ---- one optimizer step on the average of the group's gradients
-            if in_group > 1:
-                _scale_grads_(params, 1.0 / in_group)
-            total_norm = get_total_norm([p.grad for p in params if p.grad is not None])
-            grad_norm = float(total_norm.item())
+            # ---- one optimizer step on the average of the group's (clipped) gradients
+            grad_scale, grad_norm = grad_scale_for_step(params, accumulated=in_group, max_norm=clip_grad_norm,
+                                                        fused=None if getattr(optimizer, "fused", False) else False)
+            if noise is not None:
+                noise.end(n)
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad()
                 raise NonFiniteError(f"non-finite gradient norm {grad_norm} at epoch {epoch}, step "
                                      f"{state.step + 1}; the parameters keep their last finite values",
                                      epoch=epoch, step=state.step + 1, history=history)
-            if clip_grad_norm is not None:
-                clip_grads_with_norm_(params, clip_grad_norm, total_norm)
             lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
+            optimizer.step(grad_scale=grad_scale)
             optimizer.zero_grad()
             state.step += 1
             history.log_step(epoch=epoch, step=state.step, loss=loss_value, lr=lr, batch_size=n * in_group,
@@ -313,6 +323,8 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
             for name, value in evaluate(model, val_loader, loss_fn, metrics).items():
                 record[f"val_{name}"] = value
         record["lr"] = optimizer.param_groups[0]["lr"]
+        if noise is not None:
+            record["noise_scale"] = noise.epoch_value()
         record["time_s"] = elapsed
         record["samples_per_s"] = epoch_sums["samples"] / elapsed if elapsed > 0 else float("nan")
         if scheduler is not None:
