@@ -1,31 +1,38 @@
-"""The fused optimizers (``fused=True``/``None``): flat parameter, gradient and state buffers
-updated by one Numba kernel call per parameter group, against the reference update
-(``fused=False``) through the public optimizer API.
+"""The fused optimizers (``fused=True``/``None``): one multi-tensor kernel call per group
+updates every parameter in place, reading each gradient where backward left it, against the
+reference update (``fused=False``) through the public optimizer API.
 
 * every optimizer and option combination, 100 training steps through autograd, float32:
-  fused within 1e-6 relative of the reference (float64: 1e-12);
-* parameters that skip steps (no gradient), so per-parameter step counts diverge, several
-  groups and two dtypes in one group: still the reference's numbers and state;
-* one kernel call per step for all parameters of a group (the GPU case skips without one);
-* checkpoints: bit-for-bit resume with fused, and the fused and reference state_dicts are
-  interchangeable;
-* rebinding ``p.data`` (user assignment, ``Module.to``) re-packs, a new shape raises;
-* gradients: views after ``zero_grad(set_to_none=False)``, copies otherwise, same numbers;
-* sparse gradients, float16, no Numba: reference fallback or a clear error.
+  fused within 1e-5 relative of the reference (float64: 1e-12); with gradient accumulation
+  (k = 1, 2, 4, 8), global-norm clipping and weight decay passed as one ``grad_scale``;
+* parameters that skip steps (per-parameter step counts diverge), several groups and two
+  dtypes in one group: still the reference's numbers and state;
+* one kernel call per step for all parameters of a group, at most 4 Python hops from
+  ``step()`` to the compiled loop;
+* what an update touches: ``p.data`` keeps its identity (a user's ``w = lin.weight.data``
+  follows), kept ``.grad`` tensors, arrays and views keep their values, parameters that
+  share memory get the same result on both paths, the version counter is bumped;
+* checkpoints: bit-for-bit resume, fused and reference state_dicts interchangeable;
+* ``p.data`` rebound to another dtype, device or shape; sparse gradients, float16,
+  no Numba: reference fallback or a clear error before any change.
 """
 
+import inspect
 
 import numpy as np
 import pytest
 
 import tinygrad_sgd as tg
 from tinygrad_sgd import kernels
-from tinygrad_sgd.optim import flat as flat_module
+from tinygrad_sgd.optim import optimizer as optimizer_module
 from tinygrad_sgd.sparse import SparseRowGrad
 
 DENSE = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
 KERNEL = {"SGD": "sgd_update", "Adam": "adam_update", "AdamW": "adam_update", "RMSprop": "rmsprop_update",
           "Adagrad": "adagrad_update"}
+LOOP = {"SGD": "sgd_loop", "Adam": "adam_loop", "AdamW": "adam_loop", "RMSprop": "rmsprop_loop",
+        "Adagrad": "adagrad_loop"}
+TOLERANCE = 1e-5  # float32, relative to the largest entry, worst step of 100
 
 
 def combinations():
@@ -80,13 +87,8 @@ def least_squares(seed=0):
     return X, y, r.standard_normal(5), np.array([0.5])
 
 
-def packs(opt, group=0):
-    return opt._flat_groups[group].packs
-
-
-def locate(opt, p):
-    """``(pack, index)`` of parameter ``p`` in a fused optimizer."""
-    return next(flat.where[id(p)] for flat in opt._flat_groups if id(p) in flat.where)
+def the_params(*opts):
+    return [p for opt in opts for g in opt.param_groups for p in g["params"]]
 
 
 # ----------------------------------------------------------------------------- fused == reference
@@ -111,14 +113,72 @@ def train_least_squares(name, kw, fused, dtype, steps, device="cpu"):
 
 
 @pytest.mark.parametrize("name,kw", COMBINATIONS, ids=IDS)
-def test_fused_matches_reference_float32(name, kw):
+def test_fused_matches_reference_float32(name, kw, monkeypatch):
+    calls = count_calls(monkeypatch, name)
     fused, opt, (w, _) = train_least_squares(name, kw, True, tg.float32, 100)
+    assert len(calls) == 200  # the fused path really ran: one call per group and step
+    monkeypatch.undo()
     reference, _, _ = train_least_squares(name, kw, False, tg.float32, 100)
     assert fused.dtype == np.float32
-    assert np.shares_memory(w.data, packs(opt)[0].param_flat)  # the fused path really ran
     assert np.abs(reference[-1] - reference[0]).max() > 1e-2    # and the run moved
     deviation = relative_deviation(fused, reference)
-    assert deviation < 1e-6, f"max relative deviation {deviation:.2e}"
+    assert deviation < TOLERANCE, f"max relative deviation {deviation:.2e}"
+
+
+def train_accumulated(name, kw, fused, k, clip, steps=40):
+    """k micro-batches per step, each a mean over its 8 samples, backward adding into
+    .grad; the step applies the average and the clipping coefficient as one grad_scale."""
+    X, y, w0, b0 = least_squares(2)
+    X, y = np.concatenate([X] * 8), np.concatenate([y] * 8) + np.random.default_rng(5).standard_normal(256) * 0.3
+    w = tg.Tensor(w0, requires_grad=True)
+    b = tg.Tensor(b0, requires_grad=True)
+    opt = getattr(tg.optim, name)([w, b], fused=fused, **kw)
+    sign = -1.0 if kw.get("maximize") else 1.0
+    trajectory, norms = [], []
+    for step in range(steps):
+        opt.zero_grad()
+        for j in range(k):
+            rows = slice((step * k + j) * 8 % 256, (step * k + j) * 8 % 256 + 8)
+            (sign * ((tg.Tensor(X[rows]) @ w + b - tg.Tensor(y[rows])) ** 2).mean()).backward()
+        kept = [w.grad.data.copy(), b.grad.data.copy()]
+        scale, norm = tg.nn.utils.grad_scale_for_step([w, b], accumulated=k, max_norm=clip, fused=fused)
+        opt.step(grad_scale=scale)
+        np.testing.assert_array_equal(w.grad.data, kept[0])  # the sums in .grad are left alone
+        np.testing.assert_array_equal(b.grad.data, kept[1])
+        trajectory.append(np.concatenate([w.detach().numpy(), b.detach().numpy()]))
+        norms.append(norm)
+    return np.array(trajectory), np.array(norms)
+
+
+@pytest.mark.parametrize("clip", [None, 0.05], ids=["no-clip", "clip"])
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+@pytest.mark.parametrize("name,kw", ONE_EACH, ids=[n for n, _ in ONE_EACH])
+def test_fused_matches_reference_with_accumulation_and_clipping(name, kw, k, clip):
+    fused, fused_norms = train_accumulated(name, kw, True, k, clip)
+    reference, reference_norms = train_accumulated(name, kw, False, k, clip)
+    assert relative_deviation(fused, reference) < TOLERANCE
+    np.testing.assert_allclose(fused_norms, reference_norms, rtol=TOLERANCE)
+    if clip is not None:
+        assert (reference_norms > clip).any()  # clipping acted
+
+
+def test_accumulation_with_grad_scale_equals_one_big_batch():
+    """k micro-batch means summed in .grad and stepped with grad_scale=1/k give the update
+    of one batch of k*b samples (up to float32 rounding), on both paths."""
+    X, y, w0, _ = least_squares(3)
+    for fused in (True, False):
+        runs = []
+        for k in (1, 4):
+            w = tg.Tensor(w0, requires_grad=True)
+            opt = tg.optim.SGD([w], lr=0.1, momentum=0.9, fused=fused)
+            for _ in range(5):
+                opt.zero_grad()
+                for j in range(k):
+                    rows = slice(j * 32 // k, (j + 1) * 32 // k)
+                    ((tg.Tensor(X[rows]) @ w - tg.Tensor(y[rows])) ** 2).mean().backward()
+                opt.step(grad_scale=1.0 / k)
+            runs.append(w.detach().numpy())
+        np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
 
 
 @pytest.mark.parametrize("name,kw", ONE_EACH, ids=[n for n, _ in ONE_EACH])
@@ -161,7 +221,6 @@ def train_with_gaps(name, kw, fused, steps=60):
 def test_fused_matches_reference_when_parameters_skip_steps(name, kw):
     fused, fused_state, opt, params = train_with_gaps(name, kw, True)
     reference, reference_state, ref_opt, _ = train_with_gaps(name, kw, False)
-    assert len(packs(opt, 1)) == 2  # float32 and float64 parameters of one group: two packs
     assert relative_deviation(fused, reference) < 1e-6
     for a, b in zip(fused_state, reference_state):  # every state entry, after every step
         assert a.shape == b.shape
@@ -192,9 +251,9 @@ def count_calls(monkeypatch, name):
     calls = []
     original = getattr(kernels, KERNEL[name])
 
-    def spy(p, *args, **kw):
-        calls.append(p.size)
-        return original(p, *args, **kw)
+    def spy(params, *args, **kw):
+        calls.append(sum(p.size for p in params))
+        return original(params, *args, **kw)
 
     monkeypatch.setattr(kernels, KERNEL[name], spy)
     return calls
@@ -219,11 +278,9 @@ def test_one_kernel_call_per_step_for_all_parameters(name, kw, device, monkeypat
         opt.step()
     total = sum(p.data.size for p in model.parameters())
     assert calls == [total] * 3
-    for p in model.parameters():  # every parameter is a view into the one flat buffer
-        assert p.data.base is not None
 
 
-def test_a_gap_in_the_gradients_splits_the_call(monkeypatch):
+def test_parameters_at_different_step_counts_take_separate_calls(monkeypatch):
     model = mlp()
     opt = tg.optim.Adam(model.parameters(), lr=0.01)
     calls = count_calls(monkeypatch, "Adam")
@@ -231,12 +288,34 @@ def test_a_gap_in_the_gradients_splits_the_call(monkeypatch):
     model[2].weight.grad = None  # a parameter in the middle without gradient
     opt.step()
     sizes = [p.data.size for p in model.parameters()]
-    assert calls == [sum(sizes[:2]), sum(sizes[3:])]
+    assert calls == [sum(sizes) - sizes[2]]
     calls.clear()
     opt.zero_grad()
     model(tg.randn(5, 6)).sum().backward()
-    opt.step()  # parameter 2 is at step 1, the others at step 2: three runs
-    assert calls == [sum(sizes[:2]), sizes[2], sum(sizes[3:])]
+    opt.step()  # parameter 2 is at step 1, the others at step 2: two calls
+    assert sorted(calls) == sorted([sum(sizes) - sizes[2], sizes[2]])
+
+
+@pytest.mark.parametrize("name", DENSE)
+def test_at_most_four_python_hops_from_step_to_the_compiled_loop(name, monkeypatch):
+    """step() -> _update_group -> adam() -> _fused_adam -> kernels.adam_update -> loop."""
+    from tinygrad_sgd.kernels import cpu
+
+    depths = []
+    original = getattr(cpu, LOOP[name])
+
+    def spy(*args):
+        frames = [f.function for f in inspect.stack()]
+        depths.append(frames.index("step"))
+        return original(*args)
+
+    monkeypatch.setattr(cpu, LOOP[name], spy)
+    model = mlp()
+    kw = dict(lr=0.01, momentum=0.9) if name in ("SGD", "RMSprop") else dict(lr=0.01)
+    opt = getattr(tg.optim, name)(model.parameters(), **kw)
+    model(tg.randn(5, 6)).sum().backward()
+    opt.step()
+    assert depths and max(depths) <= 5, depths  # the spy's own frame plus at most 4 hops
 
 
 def test_small_updates_run_on_one_thread_and_restore_the_setting(monkeypatch):
@@ -246,13 +325,13 @@ def test_small_updates_run_on_one_thread_and_restore_the_setting(monkeypatch):
     from tinygrad_sgd.kernels import cpu
 
     seen = []
-    original = cpu._sgd_loop
+    original = cpu.sgd_loop
 
     def spy(*args):
         seen.append(numba.get_num_threads())
         return original(*args)
 
-    monkeypatch.setattr(cpu, "_sgd_loop", spy)
+    monkeypatch.setattr(cpu, "sgd_loop", spy)
     model = mlp()
     opt = tg.optim.SGD(model.parameters(), lr=0.1)
     before = numba.get_num_threads()
@@ -263,7 +342,122 @@ def test_small_updates_run_on_one_thread_and_restore_the_setting(monkeypatch):
     assert seen == [1, before] and numba.get_num_threads() == before
 
 
-# ----------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------- what an update touches
+
+
+def _kw(name):
+    return dict(lr=0.1, momentum=0.9) if name in ("SGD", "RMSprop") else dict(lr=0.1)
+
+
+@pytest.mark.parametrize("fused", [None, True, False], ids=["fused-None", "fused-True", "fused-False"])
+@pytest.mark.parametrize("name", DENSE)
+def test_kept_gradients_keep_their_values_across_steps(name, fused):
+    """A user keeps each step's .grad Tensor, its array and a row view of it; later steps
+    never write into them (gradients are read-only inputs to every update). The gradient
+    comes from Linear (whose backward once wrote into optimizer memory) and from an
+    elementwise op."""
+    tg.manual_seed(0)
+    lin = tg.nn.Linear(3, 2)
+    scale = tg.Tensor(np.ones(2), requires_grad=True)
+    opt = getattr(tg.optim, name)([lin.weight, lin.bias, scale], fused=fused, **_kw(name))
+    kept = []
+    for step in range(4):
+        opt.zero_grad()
+        x = tg.Tensor(np.full((1, 3), step + 1.0))
+        (lin(x) * scale).sum().backward()
+        grads = (lin.weight.grad, lin.weight.grad.data, lin.weight.grad.data[0], scale.grad, scale.grad.data)
+        kept.append((grads, [np.array(g.data if isinstance(g, tg.Tensor) else g, copy=True) for g in grads]))
+        opt.step()
+    for grads, values in kept:
+        for g, v in zip(grads, values):
+            np.testing.assert_array_equal(g.data if isinstance(g, tg.Tensor) else g, v)
+    firsts = [values[2][0] for _, values in kept]
+    assert len(set(np.round(firsts, 5))) == 4  # the four steps really had different gradients
+
+
+@pytest.mark.parametrize("fused", [None, True, False], ids=["fused-None", "fused-True", "fused-False"])
+@pytest.mark.parametrize("name", DENSE)
+def test_parameter_arrays_keep_their_identity_and_a_users_alias_follows(name, fused):
+    tg.manual_seed(0)
+    lin = tg.nn.Linear(3, 2)
+    w = lin.weight.data                      # the user's alias, taken before the optimizer exists
+    arrays = [p.data for p in lin.parameters()]
+    opt = getattr(tg.optim, name)(lin.parameters(), fused=fused, **_kw(name))
+    versions = [p._version for p in lin.parameters()]
+    for _ in range(3):
+        opt.zero_grad()
+        (lin(tg.Tensor(np.ones((2, 3)))) ** 2).sum().backward()
+        before = w.copy()
+        opt.step()
+        assert not np.array_equal(w, before)  # the alias moved with the parameter
+    assert all(p.data is a for p, a in zip(lin.parameters(), arrays))
+    assert [p._version for p in lin.parameters()] == [v + 3 for v in versions]
+
+
+@pytest.mark.parametrize("name", DENSE)
+def test_parameters_sharing_memory_behave_the_same_on_both_paths(name):
+    """Two Tensors over one array (Tensor.from_array twice): each update is applied to the
+    shared memory, one after the other in list order, on either path."""
+    def run(fused):
+        base = np.linspace(-1.0, 1.0, 6).astype(np.float32)
+        a = tg.Tensor.from_array(base, requires_grad=True)
+        b = tg.Tensor.from_array(base, requires_grad=True)
+        c = tg.Tensor.from_array(base[2:], requires_grad=True)   # an overlapping view
+        opt = getattr(tg.optim, name)([a, b, c], fused=fused, **_kw(name))
+        for step in range(5):
+            opt.zero_grad()
+            ((a * a).sum() + (b * 3.0).sum() + (c * c * c).sum()).backward()
+            opt.step()
+            assert np.shares_memory(a.data, base) and np.shares_memory(c.data, base)
+        return base.copy()
+
+    fused, reference = run(True), run(False)
+    np.testing.assert_allclose(fused, reference, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(reference, np.linspace(-1.0, 1.0, 6))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_a_step_between_forward_and_backward_makes_backward_raise(fused):
+    """The step changes the weight in place (version counter); the graph saved the old one."""
+    tg.manual_seed(0)
+    lin = tg.nn.Linear(3, 2)
+    opt = tg.optim.SGD(lin.parameters(), lr=0.1, fused=fused)
+    x = tg.Tensor(np.ones((4, 3)), requires_grad=True)
+    (lin(x) ** 2).sum().backward()
+    loss = (lin(x) ** 2).sum()   # recorded with the current weight
+    opt.step()                   # the weight changes in place before this loss's backward
+    before = x.grad.data.copy()
+    try:
+        loss.backward()
+    except RuntimeError as error:
+        assert "modified" in str(error) or "version" in str(error) or "in place" in str(error)
+        np.testing.assert_array_equal(x.grad.data, before)
+        return
+    pytest.xfail("needs engine version checks")
+
+
+def test_zero_grad_set_to_none_false_zeroes_the_gradient_in_place():
+    for fused in (True, False):
+        lin = tg.nn.Linear(3, 2)
+        opt = tg.optim.Adam(lin.parameters(), lr=0.1, fused=fused)
+        (lin(tg.Tensor(np.ones((2, 3)))) ** 2).sum().backward()
+        grad, array = lin.weight.grad, lin.weight.grad.data
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+        assert lin.weight.grad is grad and grad.data is array and not array.any()
+        (lin(tg.Tensor(np.ones((2, 3)))) ** 2).sum().backward()
+        assert grad.data is array and array.any()  # backward accumulated into it
+
+
+def test_a_gradient_assigned_by_the_user_is_used_and_left_alone():
+    for fused in (True, False):
+        w = tg.Tensor(np.ones(4), requires_grad=True)
+        opt = tg.optim.SGD([w], lr=0.5, momentum=0.9, fused=fused)
+        g = np.arange(4, dtype=np.float64)          # float64 and a strided view: a copy feeds the kernel
+        w.grad = tg.Tensor.from_array(g[::1])
+        opt.step()
+        np.testing.assert_allclose(w.detach().numpy(), 1.0 - 0.5 * np.arange(4))
+        np.testing.assert_array_equal(g, np.arange(4))
 
 
 class Run:
@@ -302,11 +496,6 @@ def test_fused_resume_is_bit_for_bit(name, kw, npz_roundtrip):
     second = Run(name, kw, True)
     second.set_weights(weights)
     second.opt.load_state_dict(saved)
-    for p in second.model.parameters():  # the loaded state lives in the flat buffers
-        pack, i = locate(second.opt, p)
-        for key, value in second.opt.state.get(p, {}).items():
-            if isinstance(value, np.ndarray):
-                assert value is pack.state_views[key][i]
     second.train(9, 20)
     for got, want in zip(second.weights(), expected):
         np.testing.assert_array_equal(got, want)
@@ -346,13 +535,10 @@ def test_a_state_entry_replaced_by_the_user_is_used():
         first = next(iter(run.model.parameters()))
         run.opt.state[first]["exp_avg"] = np.full(first.shape, 0.5, dtype=np.float32)  # a new array
         run.train(5, 10)
-        if fused:  # and it has moved into the flat buffer
-            pack, i = locate(run.opt, first)
-            assert run.opt.state[first]["exp_avg"] is pack.state_views["exp_avg"][i]
         return np.concatenate([w.ravel() for w in run.weights()])
 
     fused, reference = run(True), run(False)
-    assert relative_deviation(fused[None], reference[None]) < 1e-6
+    assert relative_deviation(fused[None], reference[None]) < TOLERANCE
     untouched = np.concatenate([w.ravel() for w in Run("Adam", dict(lr=0.01), True).train(0, 10).weights()])
     assert relative_deviation(fused[None], untouched[None]) > 1e-3  # the replacement mattered
 
@@ -361,14 +547,13 @@ def test_a_state_entry_replaced_by_the_user_is_used():
 
 
 @pytest.mark.parametrize("name,kw", ONE_EACH, ids=[n for n, _ in ONE_EACH])
-def test_rebinding_data_is_detected_and_repacked(name, kw):
+def test_rebinding_data_is_followed(name, kw):
     def run(fused):
         X, y, w0, b0 = least_squares(1)
         w = tg.Tensor(w0, requires_grad=True)
         b = tg.Tensor(b0, requires_grad=True)
         opt = getattr(tg.optim, name)([w, b], fused=fused, **kw)
         Xt, yt = tg.Tensor(X), tg.Tensor(y)
-        old = None
         for k in range(30):
             if k == 10:
                 old = w.data
@@ -377,16 +562,14 @@ def test_rebinding_data_is_detected_and_repacked(name, kw):
             opt.zero_grad()
             ((Xt @ w + b - yt) ** 2).mean().backward()
             opt.step()
-        if fused:
-            np.testing.assert_array_equal(old, old_values)  # the old array is not written any more
-            assert np.shares_memory(w.data, packs(opt)[0].param_flat)
+        np.testing.assert_array_equal(old, old_values)  # the old array is not written any more
         return np.concatenate([w.detach().numpy(), b.detach().numpy()])
 
     fused, reference = run(True), run(False)
-    assert relative_deviation(fused[None], reference[None]) < 1e-6
+    assert relative_deviation(fused[None], reference[None]) < TOLERANCE
 
 
-def test_module_to_float64_after_creating_the_optimizer_repacks_and_casts_state():
+def test_module_to_float64_after_creating_the_optimizer_casts_the_state():
     def run(fused):
         model = mlp()
         opt = tg.optim.Adam(model.parameters(), lr=0.01, fused=fused)
@@ -395,10 +578,6 @@ def test_module_to_float64_after_creating_the_optimizer_repacks_and_casts_state(
             if k == 5:
                 model.to(tg.float64)
                 x = x.double()
-                if not fused:  # the reference keeps its state arrays; cast them for the comparison
-                    for state in opt.state.values():
-                        for key in ("exp_avg", "exp_avg_sq"):
-                            state[key] = state[key].astype(np.float64)
             opt.zero_grad()
             (model(x) ** 2).mean().backward()
             opt.step()
@@ -406,13 +585,9 @@ def test_module_to_float64_after_creating_the_optimizer_repacks_and_casts_state(
 
     opt, model, fused = run(True)
     _, _, reference = run(False)
-    pack = packs(opt)[0]
-    assert pack.dtype == np.float64 and len(packs(opt)) == 1
-    for i, p in enumerate(model.parameters()):
-        assert p.dtype == np.float64 and p.data is pack.param_views[i]
-        assert opt.state[p]["exp_avg"].dtype == np.float64
-        assert np.shares_memory(opt.state[p]["exp_avg"], pack.state_flat["exp_avg"])
-    assert relative_deviation(fused[None], reference[None]) < 1e-6
+    for p in model.parameters():
+        assert p.dtype == np.float64 and opt.state[p]["exp_avg"].dtype == np.float64
+    assert relative_deviation(fused[None], reference[None]) < TOLERANCE
 
 
 def test_module_to_device_after_creating_the_optimizer(device):
@@ -425,20 +600,26 @@ def test_module_to_device_after_creating_the_optimizer(device):
     opt.zero_grad()
     model(x.to(device)).sum().backward()
     opt.step()
-    assert all(pack.device == tg.backend.parse_device(device) for pack in packs(opt))
     for p in model.parameters():
-        assert p.data is packs(opt)[0].param_views[packs(opt)[0].index[id(p)]]
         assert tg.backend.device_of(opt.state[p]["momentum_buffer"]) == p.device
 
 
-def test_rebinding_to_another_shape_raises_and_changes_nothing():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_rebinding_to_another_shape_raises_and_changes_nothing(fused):
     w = tg.Tensor(np.ones((2, 3)), requires_grad=True)
-    opt = tg.optim.SGD([w, tg.Tensor(np.ones(2), requires_grad=True)], lr=0.1)
+    v = tg.Tensor(np.ones(2), requires_grad=True)
+    opt = tg.optim.SGD([v, w], lr=0.1, momentum=0.9, fused=fused)
+    v.grad, w.grad = tg.Tensor(np.ones(2)), tg.Tensor(np.ones((2, 3)))
+    opt.step()
     w.data = np.ones((3, 2), dtype=np.float32)
     w.grad = tg.Tensor(np.ones((3, 2)))
-    with pytest.raises(RuntimeError, match=r"parameter 0 of parameter group 0 .*shape \(3, 2\).*\(2, 3\)"):
+    buffers = {id(p): opt.state[p]["momentum_buffer"].copy() for p in (v, w)}
+    with pytest.raises(ValueError, match=r"momentum_buffer.*parameter 1 of param_groups\[0\].*\(2, 3\)"):
         opt.step()
     np.testing.assert_array_equal(w.detach().numpy(), 1.0)
+    np.testing.assert_array_equal(v.detach().numpy(), np.float32(0.9))
+    for p in (v, w):  # the momentum was not advanced either
+        np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], buffers[id(p)])
 
 
 def test_rebinding_to_float16():
@@ -450,150 +631,30 @@ def test_rebinding_to_float16():
         if fused:
             with pytest.raises(RuntimeError, match="float16"):
                 opt.step()
-        else:  # automatic: this group goes to the reference update from now on
+        else:  # automatic: the reference updates that parameter
             opt.step()
-            assert opt._flat_groups[0] is None and opt.state[w]["exp_avg"].dtype == np.float16
+            assert opt.state[w]["exp_avg"].dtype == np.float16
             np.testing.assert_allclose(w.detach().numpy().astype(np.float64), 0.9, rtol=1e-3)
 
 
-# ----------------------------------------------------------------------------- gradients
-
-
-@pytest.mark.parametrize("name,kw", ONE_EACH, ids=[n for n, _ in ONE_EACH])
-def test_gradients_land_in_the_flat_buffer_with_either_zero_grad(name, kw):
-    """set_to_none=False: backward accumulates into the views. set_to_none=True (the
-    default): Linear computes dW and db straight into them (Function.grad_buffer). Both
-    leave every gradient in place, and train exactly like the reference."""
-    runs = {}
-    for set_to_none in (True, False):
-        run = Run(name, kw, True)
-        loss_fn = tg.nn.CrossEntropyLoss()
-        for k in range(6):
-            run.opt.zero_grad(set_to_none=set_to_none)
-            loss_fn(run.model(tg.Tensor(run.xs[k])), tg.Tensor(run.ys[k])).backward()
-            run.opt.step()
-        for p in run.model.parameters():
-            pack, i = locate(run.opt, p)
-            assert p.grad.data is pack.grad_views[i]
-        runs[set_to_none] = run.weights()
-    reference = Run(name, kw, False)
-    reference.train(0, 6)
-    for a, b, c in zip(runs[True], runs[False], reference.weights()):
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
-
-
-def _linear_step(model, opt, x):
-    opt.zero_grad()
-    model(x).sum().backward()
-
-
-@pytest.mark.parametrize("keep", ["tensor", "array", "derived view", "memoryview"])
-def test_a_gradient_kept_by_the_user_is_never_overwritten(keep):
-    """After zero_grad() the gradient buffer is reused only if nothing outside holds it:
-    a kept .grad Tensor, its array, a NumPy view of it, or a memoryview all keep their
-    values, and the next gradient arrives in a fresh array instead."""
-    tg.manual_seed(0)
-    model = tg.nn.Linear(5, 4)
-    opt = tg.optim.SGD(model.parameters(), lr=0.1)
-    x1, x2 = tg.randn(3, 5), tg.randn(3, 5) * 10
-    _linear_step(model, opt, x1)
-    opt.step()
-    pack, i = locate(opt, model.weight)
-    assert model.weight.grad.data is pack.grad_views[i]  # backward wrote into the buffer
-    kept = {"tensor": lambda g: g, "array": lambda g: g.data, "derived view": lambda g: g.data.reshape(-1)[1:],
-            "memoryview": lambda g: memoryview(g.data)}[keep](model.weight.grad)
-    before = np.array(kept.data if keep == "tensor" else kept, copy=True)
-    _linear_step(model, opt, x2)
-    after = np.asarray(kept.data if keep == "tensor" else kept)
-    np.testing.assert_array_equal(after, before)
-    assert model.weight.grad.data is not pack.grad_views[i]
-    np.testing.assert_allclose(model.weight.grad.numpy(), np.ones((4, 1)) * x2.numpy().sum(axis=0), rtol=1e-5)
-    opt.step()  # the fresh gradient is copied in, as before grad buffers existed
-    del kept, after
-    _linear_step(model, opt, x1)  # nothing holds the buffer any more: it is used again
-    assert model.weight.grad.data is pack.grad_views[i]
-
-
-def test_a_weight_used_twice_gets_its_buffer_once():
-    """A shared weight: the first use writes the buffer, the second gradient is added out
-    of place, and the sum is right."""
-    tg.manual_seed(0)
-    layer = tg.nn.Linear(4, 4)
-    opt = tg.optim.SGD(layer.parameters(), lr=0.1)
-    x = tg.randn(2, 4)
-    for _ in range(2):
-        opt.zero_grad()
-        layer(layer(x)).sum().backward()
+@pytest.mark.parametrize("fused", [None, True, False], ids=["fused-None", "fused-True", "fused-False"])
+def test_read_only_parameter_array_gets_a_clear_error_before_any_change(fused):
+    a = tg.Tensor(np.ones(3), requires_grad=True)
+    b = tg.Tensor(np.ones(2), requires_grad=True)
+    opt = tg.optim.Adam([a, b], lr=0.1, fused=fused)
+    b.data.flags.writeable = False
+    a.grad, b.grad = tg.Tensor(np.ones(3)), tg.Tensor(np.ones(2))
+    with pytest.raises(ValueError, match=r"parameter 1 of param_groups\[0\] \(shape \(2,\)\) has a read-only"):
         opt.step()
-    w, b, xn = (t.detach().numpy().astype(np.float64) for t in (layer.weight, layer.bias, x))
-    opt.zero_grad()
-    layer(layer(x)).sum().backward()
-    h = xn @ w.T + b  # y = (x W^T + b) W^T + b;  dy/dW = 1^T h + (1 W)^T x,  dy/db = N + N (1 W)
-    ones = np.ones((2, 4))
-    np.testing.assert_allclose(layer.weight.grad.numpy(), ones.T @ h + (ones @ w).T @ xn, rtol=1e-5)
-    np.testing.assert_allclose(layer.bias.grad.numpy(), 2 + (ones @ w).sum(axis=0), rtol=1e-5)
+    np.testing.assert_array_equal(a.detach().numpy(), 1.0)
+    assert opt.state == {}
 
 
-def test_grad_buffers_are_not_used_when_recording_or_for_autograd_grad():
-    tg.manual_seed(0)
-    model = tg.nn.Linear(3, 2)
-    opt = tg.optim.SGD(model.parameters(), lr=0.1)
-    x = tg.randn(4, 3)
-    opt.zero_grad()
-    model(x).sum().backward()
-    opt.step()
-    pack, i = locate(opt, model.weight)
-    opt.zero_grad()
-    (gw,) = tg.autograd.grad(model(x).sum(), [model.weight])
-    assert gw.data is not pack.grad_views[i] and model.weight.grad is None
-    model(x).pow(2).sum().backward(create_graph=True)
-    assert model.weight.grad.data is not pack.grad_views[i] and model.weight.grad.grad_fn is not None
-
-
-def test_zero_grad_set_to_none_false_zeroes_views_and_keeps_them():
-    model = mlp()
-    opt = tg.optim.SGD(model.parameters(), lr=0.1)
-    opt.zero_grad(set_to_none=False)
-    model(tg.randn(2, 6)).sum().backward()
-    opt.step()
-    views = [p.grad.data for p in model.parameters()]
-    assert all(np.shares_memory(v, packs(opt)[0].grad_flat) for v in views)
-    opt.zero_grad(set_to_none=False)
-    assert all(p.grad.data is v for p, v in zip(model.parameters(), views))
-    assert (packs(opt)[0].grad_flat == 0).all()
-    opt.zero_grad()
-    assert all(p.grad is None for p in model.parameters())
-
-
-def test_a_gradient_assigned_by_the_user_is_used():
-    w = tg.Tensor(np.ones(3), requires_grad=True)
-    opt = tg.optim.SGD([w], lr=0.5, fused=True)
-    opt.zero_grad(set_to_none=False)
-    (w * w).sum().backward()
-    opt.step()  # w = 1 - 0.5 * 2 = 0
-    w.grad = tg.Tensor(np.array([1.0, 2.0, 3.0]))  # replaces the view
-    opt.step()
-    np.testing.assert_array_equal(w.detach().numpy(), [-0.5, -1.0, -1.5])
-
-
-def test_clipping_acts_on_the_gradient_views():
-    def run(fused):
-        model = mlp()
-        opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=fused)
-        for k in range(5):
-            opt.zero_grad(set_to_none=False)
-            (model(tg.randn(4, 6)) ** 2).sum().backward()
-            tg.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
-            opt.step()
-        return [p.detach().numpy() for p in model.parameters()]
-
-    tg.manual_seed(1)
-    fused = run(True)
-    tg.manual_seed(1)
-    reference = run(False)
-    for a, b in zip(fused, reference):
-        np.testing.assert_array_equal(a, b)  # SGD's fused arithmetic is the reference's, bit for bit
+def test_kernels_called_directly_name_a_read_only_array():
+    p = np.ones(3, dtype=np.float32)
+    p.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[0\] \(shape \(3,\)\) is read-only"):
+        kernels.sgd_update([p], [np.ones(3, dtype=np.float32)], lr=0.1)
 
 
 # ----------------------------------------------------------------------------- what the kernels cannot do
@@ -626,7 +687,7 @@ def test_sparse_gradient_with_fused_true_raises_before_any_update():
     opt = tg.optim.SGD([a, b], lr=0.1, fused=True)
     a.grad = tg.Tensor(np.ones((4, 2)))
     b.grad = SparseRowGrad(np.array([1]), np.ones((1, 2), dtype=np.float32), (4, 2))
-    with pytest.raises(RuntimeError, match="parameter 1 of parameter group 0 has a sparse gradient"):
+    with pytest.raises(RuntimeError, match=r"parameter 1 of param_groups\[0\] \(shape \(4, 2\)\) has a sparse gradient"):
         opt.step()
     np.testing.assert_array_equal(a.detach().numpy(), 1.0)
     assert opt.state == {}
@@ -641,9 +702,11 @@ def test_unsupported_dtype_or_missing_numba(monkeypatch):
     opt = tg.optim.Adam([good])
     with pytest.raises(ValueError, match=r"params\[0\] of the new group has dtype float16"):
         tg.optim.Adam([good], fused=True).add_param_group({"params": [half]})
-    opt.add_param_group({"params": [half]})  # automatic: that group takes the reference
-    assert opt.fused and opt._flat_groups[1] is None
-    monkeypatch.setattr(flat_module, "_numba_ok", False)
+    opt.add_param_group({"params": [half]})  # automatic: that parameter takes the reference
+    good.grad, half.grad = tg.Tensor(np.ones(3)), tg.Tensor(np.ones(3), dtype=tg.float16)
+    opt.step()
+    assert opt.fused and half.data.dtype == np.float16 and (half.detach().numpy() < 1).all()
+    monkeypatch.setattr(optimizer_module, "_numba_ok", False)
     assert tg.optim.SGD([tg.Tensor(np.ones(2), requires_grad=True)]).fused is False
     with pytest.raises(ValueError, match="Numba"):
         tg.optim.SGD([tg.Tensor(np.ones(2), requires_grad=True)], fused=True)
@@ -656,35 +719,14 @@ def test_sparse_adam_has_no_fused_update():
         tg.optim.SparseAdam([p], fused=True)
 
 
-# ----------------------------------------------------------------------------- memory layout
-
-
-def test_parameters_already_back_to_back_keep_their_memory():
-    flat = np.arange(1, 11, dtype=np.float32)
-    a = tg.Tensor.from_array(flat[:4].reshape(2, 2), requires_grad=True)
-    b = tg.Tensor.from_array(flat[4:], requires_grad=True)
-    data = (a.data, b.data)
-    opt = tg.optim.Adam([a, b], lr=0.1)
-    assert (a.data, b.data) == data and np.shares_memory(packs(opt)[0].param_flat, flat)
-    ((a * a).sum() + (b * b).sum()).backward()
-    opt.step()
-    assert a.data is data[0] and (flat != np.arange(1, 11)).all()
-
-
-def test_separate_parameters_are_copied_into_one_buffer():
-    model = mlp()
-    before = [p.detach().numpy().copy() for p in model.parameters()]
-    opt = tg.optim.RMSprop(model.parameters())
-    pack = packs(opt)[0]
-    assert pack.param_flat.size == sum(w.size for w in before)
-    for p, w, view in zip(model.parameters(), before, pack.param_views):
-        assert p.data is view and np.shares_memory(view, pack.param_flat)
-        np.testing.assert_array_equal(p.detach().numpy(), w)
-
-
-def test_functional_fused_update_rejects_non_contiguous_arrays():
+def test_functional_fused_update_with_fused_true_rejects_non_contiguous_arrays():
     p = np.ones((4, 4), dtype=np.float32).T[:, :2]
-    with pytest.raises(ValueError, match="C-contiguous"):
+    with pytest.raises(RuntimeError, match="non-contiguous"):
         tg.optim.adam.adam([p], [np.ones_like(p)], [np.zeros_like(p)], [np.zeros_like(p)], [None], [1], lr=0.1,
                            beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
                            decoupled_weight_decay=False, fused=True)
+    before = p.copy()  # fused=None: the reference updates it
+    tg.optim.adam.adam([p], [np.ones_like(p)], [np.zeros_like(p)], [np.zeros_like(p)], [None], [1], lr=0.1,
+                       beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
+                       decoupled_weight_decay=False, fused=None)
+    np.testing.assert_allclose(p, before - 0.1, rtol=1e-6)

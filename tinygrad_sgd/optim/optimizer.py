@@ -113,6 +113,18 @@ def resolve_fused(fused, params: list, owner: str, *, has_kernel: bool = True) -
     return reason is None
 
 
+def kernel_obstacle(array, grad) -> str | None:
+    """Why the fused kernels cannot update the parameter array ``array`` with ``grad``
+    (None when they can)."""
+    if isinstance(grad, SparseRowGrad):
+        return "has a sparse gradient (SparseRowGrad)"
+    if array.dtype not in FUSED_DTYPES:
+        return f"has dtype {array.dtype}"
+    if not array.flags.c_contiguous:
+        return "has a non-contiguous array"
+    return None
+
+
 def kernel_batches(params: list, grads: list, *, key=None, strict: bool, owner: str):
     """Split one group's update into calls the fused kernels take: ``(batches, rest)``.
 
@@ -128,13 +140,7 @@ def kernel_batches(params: list, grads: list, *, key=None, strict: bool, owner: 
     batches: dict = {}
     rest = []
     for i, (p, g) in enumerate(zip(params, grads)):
-        why = None
-        if isinstance(g, SparseRowGrad):
-            why = "has a sparse gradient (SparseRowGrad)"
-        elif p.dtype not in FUSED_DTYPES:
-            why = f"has dtype {p.dtype}"
-        elif not p.flags.c_contiguous:
-            why = "has a non-contiguous array"
+        why = kernel_obstacle(p, g)
         if why is not None:
             if strict:
                 raise RuntimeError(f"{owner}(fused=True): parameter {i} of the group {why}, which the fused "
@@ -354,6 +360,11 @@ class Optimizer:
                 grads.append(grad)
             else:
                 raise ValueError(f"param.grad must be a Tensor or SparseRowGrad, got {type(grad).__name__}")
+            if self._fused_arg and self.fused:  # fused=True: what the kernels cannot take raises here, before any change
+                why = kernel_obstacle(data, grads[-1])
+                if why is not None:
+                    raise RuntimeError(f"{type(self).__name__}(fused=True): {where} {why}, which the fused kernels "
+                                       "cannot update; use fused=None to update it with the reference, or fused=False")
             if not getattr(data.flags, "writeable", True):
                 raise ValueError(f"{where} has a read-only .data array; the optimizer updates parameters in "
                                  "place: give it a writeable array (e.g. p.data = p.data.copy())")
