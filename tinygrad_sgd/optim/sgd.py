@@ -146,7 +146,7 @@ def _single_tensor_sgd(params: list, grads: list, momentum_buffers: list, *, lr:
             if momentum != 0:
                 buf = momentum_buffers[i]
                 if buf is None:
-                    buf = d_p.copy()                          # v_1 = g_1 (PyTorch: no dampening at step 1)
+                    buf = backend.get_array_module(param).array(d_p, copy=True)  # v_1 = g_1 (no dampening at step 1)
                     momentum_buffers[i] = buf
                 else:
                     buf *= momentum                           # v = mu * v + (1 - tau) * g
