@@ -381,3 +381,110 @@ def test_set_lr_for_batch_size_scales_from_the_base_rate_without_compounding():
     with pytest.raises(ValueError, match="base_lrs"):
         tg.optim.set_lr_for_batch_size(opt, 256, 256, base_lrs=[0.1])
     assert tg.optim.set_lr_for_batch_size(opt, 64, 32, base_lrs=[1.0, 2.0]) == pytest.approx([2.0, 4.0])
+
+
+# ----------------------------------------------------------------------------- checked at step()
+
+
+def _two_param_opt(name, fused):
+    a, b = param(3), param(2)
+    kw = dict(momentum=0.9) if name in ("SGD", "RMSprop") else {}
+    opt = getattr(tg.optim, name)([{"params": [a]}, {"params": [b]}], lr=0.1, fused=fused, **kw)
+    a.grad, b.grad = tg.Tensor(np.ones(3)), tg.Tensor(np.ones(2))
+    return opt, a, b
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, float("inf")])
+@pytest.mark.parametrize("name", DENSE)
+def test_hyperparameters_set_after_construction_are_checked_at_step(name, fused, bad):
+    opt, a, b = _two_param_opt(name, fused)
+    opt.param_groups[1]["lr"] = bad
+    with pytest.raises(ValueError, match=r"param_groups\[1\] of .*invalid lr .*checked at step"):
+        opt.step()
+    np.testing.assert_array_equal(a.detach().numpy(), 1.0)  # group 0 was fine, and still did not move
+    assert opt.state == {}
+    opt.param_groups[1]["lr"] = 0.1
+    opt.step()
+    assert (a.detach().numpy() < 1).all() and (b.detach().numpy() < 1).all()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+@pytest.mark.parametrize("factor", [float("nan"), -1.0])
+def test_a_scheduler_producing_a_bad_rate_is_refused_at_step(fused, factor):
+    opt, a, _ = _two_param_opt("Adam", fused)
+    sched = tg.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0 if epoch == 0 else factor)
+    opt.step()
+    before = a.detach().numpy().copy()
+    state = {k: np.array(v, copy=True) for k, v in opt.state[a].items()}
+    sched.step()
+    with pytest.raises(ValueError, match="invalid lr"):
+        opt.step()
+    np.testing.assert_array_equal(a.detach().numpy(), before)
+    for k, v in state.items():
+        np.testing.assert_array_equal(opt.state[a][k], v)
+
+
+def test_bad_grad_scale_is_refused_before_any_change():
+    opt, a, _ = _two_param_opt("SGD", None)
+    for bad in (float("nan"), -1.0, "2", True):
+        with pytest.raises(ValueError, match="grad_scale"):
+            opt.step(grad_scale=bad)
+    np.testing.assert_array_equal(a.detach().numpy(), 1.0)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_grad_scale_scales_the_gradient_inside_the_update(fused):
+    runs = []
+    for scale, grad in ((0.25, 4.0), (1.0, 1.0)):
+        w = param(3)
+        opt = tg.optim.SGD([w], lr=0.1, momentum=0.9, fused=fused)
+        for _ in range(3):
+            w.grad = tg.Tensor(np.full(3, grad))
+            opt.step(grad_scale=scale)
+            np.testing.assert_array_equal(w.grad.data, grad)  # .grad itself is not rescaled
+        runs.append(w.detach().numpy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+# ----------------------------------------------------------------------------- state_dict class and values
+
+
+def test_state_dict_records_the_class_and_a_mismatch_is_refused():
+    a = param(3)
+    adam = tg.optim.Adam([a], lr=0.1, weight_decay=0.1)
+    a.grad = tg.Tensor(np.ones(3))
+    adam.step()
+    saved = adam.state_dict()
+    assert saved["optimizer"] == "Adam"
+    b = param(3)
+    adamw = tg.optim.AdamW([b], lr=0.5, weight_decay=0.3)
+    with pytest.raises(ValueError, match="saved by Adam, this optimizer is AdamW.*converting_from='Adam'"):
+        adamw.load_state_dict(saved)
+    assert adamw.param_groups[0]["weight_decay"] == 0.3 and adamw.state == {}
+    # the documented, explicit conversion: same state entries, the saved numbers with AdamW's meaning
+    adamw.load_state_dict(saved, converting_from="Adam")
+    assert adamw.param_groups[0]["weight_decay"] == 0.1 and adamw.param_groups[0]["lr"] == 0.1
+    np.testing.assert_array_equal(adamw.state[b]["exp_avg"], adam.state[a]["exp_avg"])
+    assert adamw.state_dict()["optimizer"] == "AdamW"
+    with pytest.raises(ValueError, match="converting_from='SGD', but the state dict was saved by Adam"):
+        adamw.load_state_dict(saved, converting_from="SGD")
+    sgd = tg.optim.SGD([param(3)], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="state '(step|exp_avg)' of parameter 0 has no meaning for SGD"):
+        sgd.load_state_dict(saved, converting_from="Adam")
+
+
+def test_loaded_float64_values_beyond_float32_are_refused():
+    a = param(3)
+    opt = tg.optim.Adam([a], lr=0.1)
+    a.grad = tg.Tensor(np.ones(3))
+    opt.step()
+    saved = opt.state_dict()
+    before = {k: np.array(v, copy=True) for k, v in opt.state[a].items()}
+    huge = dict(saved, state={0: dict(saved["state"][0], exp_avg_sq=np.array([1.0, 1e300, 2.0]))})
+    with pytest.raises(ValueError, match="'exp_avg_sq' of parameter 0 holds 1 value.*beyond the range of float32"):
+        opt.load_state_dict(huge)
+    for k, v in before.items():
+        np.testing.assert_array_equal(opt.state[a][k], v)
+    fine = dict(saved, state={0: dict(saved["state"][0], exp_avg_sq=np.array([1.0, np.inf, 2.0]))})
+    opt.load_state_dict(fine)  # already non-finite when saved: the cast loses nothing

@@ -730,3 +730,60 @@ def test_functional_fused_update_with_fused_true_rejects_non_contiguous_arrays()
                        beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
                        decoupled_weight_decay=False, fused=None)
     np.testing.assert_allclose(p, before - 0.1, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the fit loop
+
+
+def _fit(fused, *, accumulation, clip, noise_scale=False, epochs=2):
+    tg.manual_seed(0)
+    r = np.random.default_rng(4)
+    x = tg.Tensor(r.standard_normal((96, 6)).astype(np.float32))
+    y = tg.Tensor(r.integers(0, 3, 96))
+    model = mlp()
+    opt = tg.optim.Adam(model.parameters(), lr=0.01, weight_decay=0.01, fused=fused)
+    loader = tg.data.DataLoader(tg.data.TensorDataset(x, y), batch_size=8, shuffle=True, seed=1)
+    history = tg.train.fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=epochs, accumulation_steps=accumulation,
+                           clip_grad_norm=clip, progress=False, log=None, noise_scale=noise_scale)
+    return np.concatenate([p.detach().numpy().ravel() for p in model.parameters()]), history
+
+
+@pytest.mark.parametrize("accumulation, clip", [(1, None), (4, None), (2, 0.05), (8, 0.05)])
+def test_fit_accumulation_and_clipping_fused_equals_reference(accumulation, clip, monkeypatch):
+    calls = count_calls(monkeypatch, "Adam")
+    fused, fused_history = _fit(True, accumulation=accumulation, clip=clip)
+    assert len(calls) == 2 * -(-12 // accumulation)  # every step (a short last group too) ran the kernel
+    monkeypatch.undo()
+    reference, reference_history = _fit(False, accumulation=accumulation, clip=clip)
+    assert relative_deviation(fused[None], reference[None]) < TOLERANCE
+    norms = fused_history.steps["grad_norm"]
+    np.testing.assert_allclose(norms, reference_history.steps["grad_norm"], rtol=1e-4)
+    if clip is not None:
+        assert max(norms) > clip  # clipping acted
+
+
+def test_fit_records_the_gradient_noise_scale_per_epoch():
+    _, history = _fit(True, accumulation=4, clip=None, noise_scale=True, epochs=3)
+    values = [row["noise_scale"] for row in history.epochs]
+    assert len(values) == 3 and all(np.isfinite(v) and v > 0 for v in values)
+    with pytest.raises(ValueError, match="noise_scale=True needs accumulation_steps >= 2"):
+        _fit(True, accumulation=1, clip=None, noise_scale=True)
+
+
+def test_gradient_noise_scale_recovers_a_known_noise_scale():
+    """Micro-batch gradients g_j = G + noise of covariance Sigma/b: B_simple = tr(Sigma)/|G|^2."""
+    r = np.random.default_rng(0)
+    P, b, k, sigma = 50, 8, 8, 0.4
+    G = r.standard_normal(P) * 0.2
+    p = tg.Tensor(np.zeros(P), requires_grad=True)
+    noise = tg.nn.utils.GradientNoiseScale()
+    for _ in range(200):
+        noise.begin()
+        total = np.zeros(P)
+        for _ in range(k):
+            total = total + G + sigma / np.sqrt(b) * r.standard_normal(P)  # .grad holds the running sum
+            p.grad = tg.Tensor(total)
+            noise.add([p])
+        noise.end(b)
+    assert noise.epoch_value() == pytest.approx(P * sigma ** 2 / (G @ G), rel=0.1)
+    assert np.isnan(noise.epoch_value())  # reset after reading

@@ -113,6 +113,20 @@ def resolve_fused(fused, params: list, owner: str, *, has_kernel: bool = True) -
     return reason is None
 
 
+class _Where:
+    """"parameter i of param_groups[g] (shape ...)", formatted only when an error needs it."""
+
+    __slots__ = ("i", "gi", "data")
+
+    def __init__(self, i: int, gi: int, data):
+        self.i, self.gi, self.data = i, gi, data
+
+    def __str__(self) -> str:
+        return f"parameter {self.i} of param_groups[{self.gi}] (shape {tuple(self.data.shape)})"
+
+    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731 (f-strings use __format__)
+
+
 def kernel_obstacle(array, grad) -> str | None:
     """Why the fused kernels cannot update the parameter array ``array`` with ``grad``
     (None when they can)."""
@@ -341,7 +355,7 @@ class Optimizer:
             if grad is None:
                 continue
             data = p.data
-            where = f"parameter {i} of param_groups[{gi}] (shape {tuple(data.shape)})"
+            where = _Where(i, gi, data)  # formatted only for an error message
             if isinstance(grad, Tensor):  # the usual case, checked with raw attributes (this runs every step)
                 if not dense_checked:
                     self._check_dense(group)
@@ -375,11 +389,14 @@ class Optimizer:
         return params, grads
 
     @staticmethod
-    def _check_state(p: Tensor, state: dict, where: str) -> None:
+    def _check_state(p: Tensor, state: dict, where) -> None:
         """State arrays must have the parameter's shape (``p.data`` rebound to another shape
         is refused before any change); they follow a change of dtype or device."""
         data = p.data
+        kind, shape, dtype = type(data), data.shape, data.dtype
         for name, value in state.items():
+            if type(value) is kind and value.shape == shape and value.dtype == dtype and kind is np.ndarray:
+                continue  # the usual case, in three attribute checks (this runs every step)
             if not backend.is_array(value) or value.ndim == 0:
                 continue
             if value.shape != data.shape:
