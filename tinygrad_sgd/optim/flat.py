@@ -52,7 +52,7 @@ from itertools import repeat
 import numpy as np
 
 from .. import backend
-from ..tensor import GradBuffer, Tensor
+from ..tensor import Tensor
 
 FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -179,8 +179,6 @@ class FlatPack:
                     p.data = view
             self.grad_flat = self.xp.zeros(self.size, dtype=self.dtype)
         self.grad_views = self._views(self.grad_flat)
-        if self.xp is np:
-            self._offer_grad_buffers()
         self.state_flat: dict[str, object] = {}
         self.state_views: dict[str, list] = {}
         self.all_indices = list(range(len(params)))
@@ -189,18 +187,6 @@ class FlatPack:
         self._known_dicts: list = []
         self._known_sizes: list = []
         self._known_views: tuple = ((), (), ())
-
-    def _offer_grad_buffers(self) -> None:
-        """Let backward compute each parameter's gradient straight into its segment of the
-        flat gradient buffer (``Tensor._grad_buffer``, see ``Function.grad_buffer``), so
-        that ``step()`` finds it in place instead of copying it: measured on the
-        784-256-256-10 MLP at batch 128, that copy was ~75-100 us of a ~300-500 us step.
-        CPU only: on a GPU the copy costs microseconds."""
-        self.grad_buffers = [GradBuffer(view, self.grad_flat) for view in self.grad_views]
-        for buffer in self.grad_buffers:  # once every holder that belongs to the pack exists
-            buffer.calibrate()
-        for p, buffer in zip(self.params, self.grad_buffers):
-            p._grad_buffer = buffer
 
     def _views(self, flat) -> list:
         return [flat[a:b].reshape(shape) for a, b, shape in zip(self.offsets, self.offsets[1:], self.shapes)]
