@@ -160,17 +160,17 @@ class Tensor:
     def grad(self, value) -> None:
         if value is not None:
             if isinstance(value, Tensor):
-                what = f"a gradient of shape {value.shape}, dtype {value.dtype} on {value.device}"
-                ok = value.shape == self.shape and value.dtype.kind == "f" and value._device == self._device
+                ok = value._data.shape == self._data.shape and value._data.dtype.kind == "f" \
+                    and value._device == self._device
             elif isinstance(value, SparseRowGrad):
-                what = f"a sparse gradient of shape {value.shape} on {value.device}"
-                ok = value.shape == self.shape and value.device == self._device
+                ok = value.shape == self._data.shape and value.device == self._device
             else:
                 raise TypeError(f"Tensor.grad must be a Tensor, a SparseRowGrad or None, got {type(value).__name__}")
             if not ok:
-                raise RuntimeError(f"cannot assign {what} to .grad of a tensor of shape {self.shape}, dtype "
-                                   f"{self.dtype} on {self._device}: the shapes and devices must match and the "
-                                   "gradient must be floating point")
+                what = "a sparse gradient" if isinstance(value, SparseRowGrad) else f"a {value.dtype} gradient"
+                raise RuntimeError(f"cannot assign {what} of shape {tuple(value.shape)} on {value.device} to .grad "
+                                   f"of a tensor of shape {self.shape}, dtype {self.dtype} on {self._device}: the "
+                                   "shapes and devices must match and the gradient must be floating point")
         self._grad = value
 
     @property

@@ -105,23 +105,27 @@ class Function:
                 raise RuntimeError(f"{cls.__name__}: expected all tensors on the same device, "
                                    f"found {device} and {other._device}")
         fn = cls.__new__(cls)
+        arrays = [t._data for t in inputs]
         try:
-            with backend.device_context(device):
-                out = fn.forward(*[t.data for t in inputs], **params)
+            if device == "cpu":  # (a device context costs a call per op; NumPy needs none)
+                out = fn.forward(*arrays, **params)
+            else:
+                with backend.device_context(device):
+                    out = fn.forward(*arrays, **params)
         except ValueError as error:  # NumPy's shape errors, told in the user's terms
             shapes = ", ".join(str(t.shape) for t in inputs)
             raise ValueError(f"{cls.__name__}: {error} (input shapes {shapes})") from None
         if isinstance(out, np.generic):  # NumPy returns scalars for 0-d results
             out = np.asarray(out)
         device = fn.output_device(device)
-        needs_grad = tuple(t._requires_grad for t in inputs)
+        needs_grad = [t._requires_grad for t in inputs]
         # Record only when a gradient can flow: grad mode on, an input that wants one,
         # and a floating-point result (integer and bool results carry no gradient).
         if not (_grad_enabled and True in needs_grad and out.dtype.kind == "f"):
             return Tensor._make(out, device)
         fn.inputs = inputs
         fn.needs_input_grad = needs_grad
-        fn.saved_versions = [t._version for t in inputs] if cls.saves_inputs else None
+        fn.saved_versions = [t._version_counter[0] for t in inputs] if cls.saves_inputs else None
         fn.sequence = next(_serial_numbers)
         return Tensor._make(out, device, requires_grad=True, ctx=fn)
 
@@ -183,7 +187,9 @@ def topological_order(roots: list[Tensor]) -> list[Tensor]:
                                "first call if you need two")
         fn.check_versions(tensor)
         reachable[tensor] = None
-        stack.extend(t for t in fn.inputs if t._ctx is not None)
+        for t in fn.inputs:
+            if t._ctx is not None:
+                stack.append(t)
     return sorted(reachable, key=_op_sequence, reverse=True)
 
 
@@ -345,4 +351,4 @@ def _memory_owner(array):
 def _is_broadcast_view(array) -> bool:
     """True for a view in which one element stands for many (``broadcast_to``): a stride
     of 0 along an axis longer than 1. (CuPy arrays have no ``writeable`` flag.)"""
-    return any(stride == 0 and size > 1 for stride, size in zip(array.strides, array.shape))
+    return 0 in array.strides and any(stride == 0 and size > 1 for stride, size in zip(array.strides, array.shape))

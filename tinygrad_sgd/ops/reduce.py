@@ -22,6 +22,8 @@ def unbroadcast(grad: Tensor, shape: tuple) -> Tensor:
     if grad.shape == shape:
         return grad
     lead = grad.ndim - len(shape)
+    if shape and 1 not in shape:  # only new leading axes (a bias over a batch): one sum
+        return Sum.apply(grad, axis=tuple(range(lead)), keepdims=False)
     axes = tuple(range(lead)) + tuple(lead + i for i, size in enumerate(shape)
                                       if size == 1 and grad.shape[lead + i] != 1)
     if not axes:
