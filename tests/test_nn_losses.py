@@ -267,3 +267,9 @@ def test_regression_losses_reject_mismatched_shapes():
         nn.BCELoss()(tg.Tensor([1.5]), tg.Tensor([1.0]))
     with pytest.raises(ValueError, match="delta must be positive"):
         nn.HuberLoss(delta=0)
+
+
+def test_cross_entropy_on_a_1d_input_with_a_batch_of_targets_names_the_shapes():
+    loss = tg.nn.CrossEntropyLoss()
+    with pytest.raises(ValueError, match=r"1-D input of shape \(3,\) is one unbatched sample.*got shape \(3,\)"):
+        loss(tg.Tensor([1.0, 2.0, 3.0]), tg.Tensor(np.array([1, 0, 2])))

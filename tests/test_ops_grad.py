@@ -230,13 +230,13 @@ def test_hessian_vector_product_matches_torch():
 
 
 def test_gradcheck_catches_a_wrong_backward():
-    from tinygrad_sgd.tensor import Function
+    from tinygrad_sgd.autograd import Function
 
     class BadSquare(Function):
         def forward(self, x):
             return x * x
 
-        def backward(self, grad):
+        def backward(self, grad, output):
             return (grad * self.inputs[0] * 3.0,)  # should be 2x
 
     x = tg.Tensor(np.array([0.3, -1.2]), dtype=tg.float64, requires_grad=True)

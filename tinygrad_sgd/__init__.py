@@ -7,6 +7,7 @@
     loss.backward()          # w.grad now holds d loss / d w
 """
 
+from . import tensor  # noqa: I001  (first: the engine and the ops build on Tensor)
 from . import autograd, backend, data, nn, optim, train
 from .backend import gpu_available, set_default_device
 from .ops import concat, maximum, minimum, stack, where

@@ -1,63 +1,17 @@
-"""Tensor: an n-dimensional array that records the ops applied to it, and reverse-mode
-autodiff over that record.
+"""Tensor: an n-dimensional array on a device (NumPy on the CPU, CuPy on a GPU) that
+records the ops applied to it.
 
-How it works, in one paragraph. Every differentiable op is a :class:`Function` subclass
-(in ``ops.py``) with ``forward`` on raw arrays and ``backward`` written with Tensor ops.
-Calling an op makes a Function instance that remembers its input tensors; the output
-tensor points back to it through ``_ctx``. ``loss.backward()`` sorts the recorded graph
-topologically (iteratively, so a chain of 100,000 ops is fine), walks it from the loss
-back to the leaves, and asks each Function for the gradient of each input. Because
-``backward`` is written with Tensor ops, running it with grad mode on (``create_graph``)
-records the backward pass too, which is how second derivatives (Hessian-vector products)
-come out. With ``create_graph=False`` backward runs under ``no_grad`` and records
-nothing.
+This module is the Tensor API: creation, properties, conversion and the operator methods,
+each of which calls one op of ``tinygrad_sgd/ops`` by name. How the recorded ops are run
+backwards lives in ``tinygrad_sgd/autograd/engine.py``.
 """
 
 from __future__ import annotations
-
-import contextlib
-import itertools
-import operator
-import sys
-import weakref
 
 import numpy as np
 
 from . import backend, rng
 from .sparse import SparseRowGrad
-
-# ----------------------------------------------------------------------------- grad mode
-
-_grad_enabled = True
-
-
-def is_grad_enabled() -> bool:
-    return _grad_enabled
-
-
-@contextlib.contextmanager
-def _grad_mode(enabled: bool):
-    global _grad_enabled
-    previous = _grad_enabled
-    _grad_enabled = enabled
-    try:
-        yield
-    finally:
-        _grad_enabled = previous
-
-
-def no_grad():
-    """Context manager: ops inside record no graph (evaluation, optimizer updates).
-
-    Like ``torch.no_grad``. The mode is process-wide, not per thread.
-    """
-    return _grad_mode(False)
-
-
-def enable_grad():
-    """Context manager that turns recording back on inside a ``no_grad`` block."""
-    return _grad_mode(True)
-
 
 # ----------------------------------------------------------------------------- dtypes
 
@@ -112,8 +66,8 @@ class Tensor:
     floating-point tensors can require gradients.
     """
 
-    __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_device", "_retains_grad", "_grad_buffer",
-                 "_version_counter", "_post_accumulate_grad_hooks", "__weakref__")
+    __slots__ = ("_data", "_grad", "_requires_grad", "_ctx", "_device", "_retains_grad", "_version_counter",
+                 "_post_accumulate_grad_hooks", "__weakref__")
 
     # Let NumPy hand `ndarray * tensor` to Tensor.__rmul__ instead of looping over elements.
     __array_ufunc__ = None
@@ -131,12 +85,11 @@ class Tensor:
         self._init(array, target_device, requires_grad)
 
     def _init(self, array, device: str, requires_grad: bool) -> None:
-        self.data = array
-        self.grad = None
+        self._data = array
+        self._grad = None
         self._ctx = None
         self._device = device
         self._retains_grad = False
-        self._grad_buffer = None
         self._version_counter = [0]
         self._post_accumulate_grad_hooks = None
         self._requires_grad = False
@@ -148,12 +101,11 @@ class Tensor:
         """Wrap a raw array without copying or checks (the ops' fast path); ``ctx`` is
         the Function that produced it, for an op's recorded result."""
         tensor = _new_object(cls)
-        tensor.data = array
-        tensor.grad = None
+        tensor._data = array
+        tensor._grad = None
         tensor._ctx = ctx
         tensor._device = device
         tensor._retains_grad = False
-        tensor._grad_buffer = None
         tensor._version_counter = [0]
         tensor._post_accumulate_grad_hooks = None
         tensor._requires_grad = requires_grad
@@ -170,6 +122,57 @@ class Tensor:
         return tensor
 
     # ------------------------------------------------------------------ attributes
+    @property
+    def data(self):
+        """The raw ``numpy.ndarray`` / ``cupy.ndarray`` (shared, not a copy).
+
+        Assigning a new array is checked like ``Tensor(...)``: a supported dtype on the
+        tensor's device, and floating point while the tensor requires grad. It counts as
+        an in-place change (see ``_mark_dirty``). Writing into the array itself
+        (``x.data[...] = v``) bypasses every check, the version counter included: use
+        ``x[...] = v`` under ``no_grad`` instead, which is checked.
+        """
+        return self._data
+
+    @data.setter
+    def data(self, array) -> None:
+        if isinstance(array, Tensor):
+            array = array._data
+        if not backend.is_array(array):
+            raise TypeError(f"Tensor.data must be a NumPy or CuPy array, got {type(array).__name__}")
+        _check_dtype(array.dtype, "Tensor.data")
+        if backend.device_of(array) != self._device:
+            raise RuntimeError(f"Tensor.data: the new array is on {backend.device_of(array)} but the tensor is "
+                               f"on {self._device}; move the tensor with .to() instead")
+        if self._requires_grad and array.dtype.kind != "f":
+            raise TypeError(f"Tensor.data: a tensor that requires grad must hold floating-point data, got dtype "
+                            f"{array.dtype}")
+        self._data = array
+        self._mark_dirty()
+
+    @property
+    def grad(self):
+        """The gradient accumulated by ``backward()``: a Tensor like this one, a
+        ``SparseRowGrad`` (``Embedding(sparse=True)``), or None."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value) -> None:
+        if value is not None:
+            if isinstance(value, Tensor):
+                ok = value._data.shape == self._data.shape and value._data.dtype.kind == "f" \
+                    and value._device == self._device
+            elif isinstance(value, SparseRowGrad):
+                ok = value.shape == self._data.shape and value.device == self._device
+            else:
+                raise TypeError(f"Tensor.grad must be a Tensor, a SparseRowGrad or None, got {type(value).__name__}")
+            if not ok:
+                what = "a sparse gradient" if isinstance(value, SparseRowGrad) else f"a {value.dtype} gradient"
+                raise RuntimeError(f"cannot assign {what} of shape {tuple(value.shape)} on {value.device} to .grad "
+                                   f"of a tensor of shape {self.shape}, dtype {self.dtype} on {self._device}: the "
+                                   "shapes and devices must match and the gradient must be floating point")
+        self._grad = value
+
     @property
     def requires_grad(self) -> bool:
         return self._requires_grad
@@ -360,13 +363,9 @@ class Tensor:
             raise RuntimeError("backward() on a tensor that does not require grad and has no grad_fn "
                                "(set requires_grad=True on the leaves, and do not build the graph "
                                "under no_grad)")
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(f"backward() on a non-scalar tensor of shape {self.data.shape} needs "
-                                   "grad= (the upstream gradient, same shape)")
         if retain_graph is None:
             retain_graph = create_graph
-        run_backward([self], [grad], retain_graph=retain_graph, create_graph=create_graph)
+        engine.backward([self], [grad], retain_graph=retain_graph, create_graph=create_graph)
 
     # ------------------------------------------------------------------ arithmetic
     def __add__(self, other):
@@ -615,15 +614,16 @@ class Tensor:
 
     def __setitem__(self, index, value):
         """In-place write, allowed where it cannot corrupt a recorded graph."""
-        if self._ctx is not None or (self._requires_grad and _grad_enabled):
+        if self._ctx is not None or (self._requires_grad and is_grad_enabled()):
             raise RuntimeError("in-place assignment to a tensor that is part of the graph; "
                                "wrap it in `with tg.no_grad():` (leaves only)")
         if isinstance(value, Tensor):
-            if value._requires_grad and _grad_enabled:
+            if value._requires_grad and is_grad_enabled():
                 raise RuntimeError("in-place assignment of a value that requires grad would drop its gradient; "
                                    "build the result with tg.where/tg.concat instead, or detach() the value")
             value = value.data
-        self.data[ops.raw_index(index, self)] = value
+        self._data[ops.raw_index(index, self)] = value
+        self._mark_dirty()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -664,354 +664,11 @@ def _as_tensor(value, like: Tensor) -> Tensor:
     raise TypeError(f"unsupported operand type {type(value).__name__} for a Tensor op")
 
 
-# ----------------------------------------------------------------------------- Function
-
-_op_serial_numbers = itertools.count(1)  # Function.sequence: recording order
-_data_of = operator.attrgetter("data")
-_requires_grad_of = operator.attrgetter("_requires_grad")
-
-
-class Function:
-    """One differentiable op: ``forward`` on raw arrays, ``backward`` with Tensor ops.
-
-    Subclasses define ``forward(self, *arrays, **params) -> array`` and
-    ``backward(self, grad: Tensor) -> tuple`` returning one gradient (Tensor or None)
-    per input. Built from Tensor ops, a backward can itself be recorded
-    (``create_graph=True``). When it is not (``is_grad_enabled()`` is False, the usual
-    ``loss.backward()``), an op may apply the same formulas to the raw arrays instead
-    (``ops.plain_operands``) and return raw arrays, which skips one Tensor dispatch per
-    formula term; the engine accepts either. An op whose formulas run on both declares
-    ``takes_raw_grad = True`` and then also receives ``grad`` as an array in a plain
-    backward. ``self.inputs`` holds the input tensors, ``self.needs_input_grad`` which
-    inputs want a gradient, and ``self.output`` the output tensor (while it is alive) for
-    an op that declares ``uses_output = True``.
-    """
-
-    released = False  # set once backward has freed what the op saved
-    # True for an op whose backward also takes the upstream gradient as a raw array: in a
-    # plain backward (nothing records it) the engine then hands over the array itself
-    # instead of wrapping it in a Tensor first. Such a backward uses formulas that run on
-    # Tensors and arrays alike (see ``ops.plain_operands``).
-    takes_raw_grad = False
-    # True for an op whose backward reads ``self.output``: only those keep a (weak)
-    # reference to the tensor they produced.
-    uses_output = False
-    sequence = 0  # the op's serial number; an op's inputs were always made before it
-
-    @classmethod
-    def apply(cls, *inputs: Tensor, **params) -> Tensor:
-        # This runs for every op, forward and backward: keep it lean. One and two inputs
-        # are spelled out, more go through map() with C-level getters: a comprehension is
-        # a function call in Python 3.11.
-        first = inputs[0]
-        device = first._device
-        if len(inputs) == 1:
-            arrays = (first.data,)
-            needs_grad = (first._requires_grad,)
-        elif len(inputs) == 2:
-            second = inputs[1]
-            if second._device != device:
-                raise RuntimeError(f"{cls.__name__}: expected all tensors on the same device, "
-                                   f"found {device} and {second._device}")
-            arrays = (first.data, second.data)
-            needs_grad = (first._requires_grad, second._requires_grad)
-        else:
-            for other in inputs:
-                if other._device != device:
-                    raise RuntimeError(f"{cls.__name__}: expected all tensors on the same device, "
-                                       f"found {device} and {other._device}")
-            arrays = tuple(map(_data_of, inputs))
-            needs_grad = tuple(map(_requires_grad_of, inputs))
-        fn = object.__new__(cls)
-        try:
-            if device == "cpu" or device == "cuda:0":
-                out = fn.forward(*arrays, **params)
-            else:
-                with backend.device_context(device):
-                    out = fn.forward(*arrays, **params)
-        except ValueError as error:
-            shapes = ", ".join(str(t.data.shape) for t in inputs)
-            raise ValueError(f"{cls.__name__}: {error} (input shapes {shapes})") from None
-        if out.__class__ is not np.ndarray and isinstance(out, np.generic):  # NumPy gives scalars for 0-d
-            out = np.asarray(out)
-        # Record the op only when a gradient can flow: grad mode on, a floating-point
-        # result (integer/bool results carry no gradient) and an input that wants one.
-        if _grad_enabled and True in needs_grad and out.dtype.kind == "f":
-            result = Tensor._make(out, device, True, fn)
-            fn.inputs = inputs
-            fn.needs_input_grad = needs_grad
-            fn.sequence = next(_op_serial_numbers)
-            if cls.uses_output:
-                fn._output_ref = weakref.ref(result)
-            return result
-        return Tensor._make(out, device)
-
-    @property
-    def output(self) -> Tensor:
-        """The tensor this op produced (alive whenever its backward runs; kept only by
-        ops that declare ``uses_output``)."""
-        try:
-            return self._output_ref()
-        except AttributeError:
-            raise AttributeError(f"{type(self).__name__}.output is not kept: set uses_output = True "
-                                 "on the class of an op whose backward reads its output") from None
-
-    def grad_buffer(self, index: int):
-        """An array that input ``index``'s gradient may be written into (``out=``), or None.
-
-        A fused optimizer gives each parameter a :class:`GradBuffer`, its segment of the
-        flat gradient buffer. An op that computes a leaf's whole gradient in one array
-        op (``Linear``: ``dW = g^T x``) writes it there, and ``optimizer.step()`` then
-        finds the gradient in place instead of copying it. Handed out only in a plain
-        backward, to a leaf without a ``.grad``, once per backward pass (a weight used
-        twice gets a fresh array the second time), and only while nothing outside
-        holds that memory (see :meth:`GradBuffer.unshared`).
-        """
-        tensor = self.inputs[index]
-        buffer = tensor._grad_buffer
-        if (buffer is None or _open_grad_buffers is None or tensor.grad is not None or tensor._ctx is not None
-                or id(buffer) in _open_grad_buffers or not buffer.unshared()):
-            return None
-        _open_grad_buffers.add(id(buffer))
-        return buffer.array
-
-    def forward(self, *arrays, **params):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def backward(self, grad: Tensor) -> tuple:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def release(self) -> None:
-        """Drop the inputs and saved arrays (called after backward without retain_graph)."""
-        self.__dict__.clear()
-        self.released = True
-
-
-# ----------------------------------------------------------------------------- backward
-
-
-class GradBuffer:
-    """Memory that a leaf's next gradient may be computed into (see
-    :meth:`Function.grad_buffer`): ``array``, a view into ``owner``.
-
-    The buffer is reused step after step, so it may only be handed out while no one
-    outside holds it: a ``.grad`` Tensor kept from an earlier step, or any NumPy view of
-    that memory, would see its values change. Every such reference raises the reference
-    count of ``array`` (a Tensor or memoryview of it) or of ``owner`` (NumPy views keep a
-    reference to the array that owns the memory). :meth:`calibrate` records both counts
-    once every holder that belongs to the optimizer is in place; :meth:`unshared` is
-    True while they are unchanged.
-    """
-
-    __slots__ = ("array", "owner", "_array_refs", "_owner_refs")
-
-    def __init__(self, array, owner):
-        self.array, self.owner = array, owner
-        self._array_refs = self._owner_refs = -1
-
-    def calibrate(self) -> None:
-        self._array_refs = sys.getrefcount(self.array)
-        self._owner_refs = sys.getrefcount(self.owner)
-
-    def unshared(self) -> bool:
-        return sys.getrefcount(self.array) == self._array_refs and sys.getrefcount(self.owner) == self._owner_refs
-
-
-# ids of the GradBuffers handed out in the plain backward pass now running; None outside one
-_open_grad_buffers: set | None = None
-
-
-def _topological_order(roots: list[Tensor]) -> list[Tensor]:
-    """Non-leaf tensors reachable from ``roots``, each after every tensor that uses it.
-
-    Every recorded op has a serial number (``Function.sequence``), and an op's inputs
-    always exist before it is recorded, so a consumer's number is larger than that of
-    anything it consumes: collecting the reachable tensors (an explicit stack, so deep
-    graphs cannot hit Python's recursion limit) and sorting them newest first is a
-    valid order.
-    """
-    # Tensors as keys: a Tensor hashes by identity, and a dict compares keys by identity
-    # before it would ever call Tensor.__eq__ (distinct live objects never share a hash).
-    reachable: dict[Tensor, None] = {}  # an ordered set
-    stack = [root for root in roots if root._ctx is not None]
-    while stack:
-        tensor = stack.pop()
-        if tensor in reachable:
-            continue
-        ctx = tensor._ctx
-        if ctx.released:
-            raise RuntimeError("trying to backward through the graph a second time: its saved "
-                               "values were freed by the first backward(); pass "
-                               "retain_graph=True to the first call if you need two")
-        reachable[tensor] = None
-        for parent in ctx.inputs:
-            if parent._ctx is not None:  # (a recorded result always requires grad)
-                stack.append(parent)
-    return sorted(reachable, key=_sequence_of_ctx, reverse=True)
-
-
-_sequence_of_ctx = operator.attrgetter("_ctx.sequence")
-
-
-def _as_grad_tensor(grad, like: Tensor) -> Tensor:
-    if grad is None:
-        xp = backend.get_array_module(like.data)
-        return Tensor._make(xp.ones(like.data.shape, dtype=like.data.dtype), like._device)
-    grad = grad if isinstance(grad, Tensor) else Tensor(grad, dtype=like.data.dtype, device=like._device)
-    if grad.data.shape != like.data.shape:
-        raise RuntimeError(f"grad has shape {grad.data.shape} but the output has shape {like.data.shape}")
-    if grad._device != like._device:
-        raise RuntimeError(f"grad is on {grad._device} but the output is on {like._device}")
-    return grad
-
-
-def _owner(array):
-    """The array that owns ``array``'s memory (NumPy and CuPy keep ``base`` flattened)."""
-    return array if array.base is None else array.base
-
-
-def run_backward(outputs: list[Tensor], grad_outputs: list, *, retain_graph: bool, create_graph: bool,
-                 inputs: list[Tensor] | None = None) -> list | None:
-    """The engine behind ``Tensor.backward`` and ``autograd.grad``.
-
-    With ``inputs=None`` gradients accumulate into the ``.grad`` of leaves (and of
-    tensors that called ``retain_grad``). With ``inputs`` given, nothing is written to
-    ``.grad``: the gradient of each input is returned instead (None where unused), and
-    only the part of the graph between the outputs and those inputs is run (and freed).
-    """
-    # Without create_graph nothing records the backward, so the gradients travel as raw
-    # arrays (wrapped in a Tensor only to become a .grad, and to call the backward of an
-    # op that does not declare ``takes_raw_grad``); with create_graph they are Tensors
-    # whose ops are recorded.
-    plain = not create_graph
-    grads: dict[Tensor, object] = {}  # the gradient waiting at each tensor (keys as in _topological_order)
-    for out, g in zip(outputs, grad_outputs):
-        g = _as_grad_tensor(g, out)
-        if plain:
-            g = g.data
-        grads[out] = grads[out] + g if out in grads else g
-    order = _topological_order(outputs)
-    wanted = {id(t): i for i, t in enumerate(inputs)} if inputs is not None else None
-    captured: list = [None] * len(inputs) if inputs is not None else None
-    above_wanted = _above(order, wanted) if wanted is not None else None
-    # Gradient arrays are passed along without copying (`Add` hands the same array to
-    # both of its inputs), so two rules keep leaves' .grad independent:
-    # - memory already handed to some leaf's .grad in this pass (by the id of the array
-    #   that owns it) is copied before a second leaf gets it -- the caller's own grad
-    #   arrays count as handed out, so .grad never aliases them either;
-    # - a leaf whose .grad was set in this pass (`borrowed`) may share that array with
-    #   gradients still waiting to be used, so more gradient for it is added out of
-    #   place. A .grad that existed before the call is the leaf's own and is added to in
-    #   place, which keeps views into a fused optimizer's flat buffer views.
-    handed_out: set[int] = {id(_owner(g if plain else g.data)) for g in grads.values()}
-    borrowed: set[int] = set()
-
-    def deliver(tensor: Tensor, g) -> None:
-        """Hand ``g`` (a raw array when ``plain``, else a Tensor; or a SparseRowGrad) to
-        ``tensor``: into its ``.grad``, or into ``captured`` for autograd.grad."""
-        if isinstance(g, SparseRowGrad):  # Embedding(sparse=True): only touched rows
-            if create_graph or wanted is not None:
-                raise RuntimeError("sparse gradients support backward() only, not create_graph or autograd.grad")
-            if tensor.grad is None or isinstance(tensor.grad, SparseRowGrad):
-                tensor.grad = g if tensor.grad is None else tensor.grad + g
-            elif id(tensor) in borrowed:
-                dense = tensor.grad.data.copy()
-                backend.index_add(dense, g.indices, g.values)
-                tensor.grad = Tensor._make(dense, tensor._device)
-                borrowed.discard(id(tensor))
-            else:
-                backend.index_add(tensor.grad.data, g.indices, g.values)
-            return
-        if plain:
-            if g.dtype != tensor.data.dtype:
-                g = g.astype(tensor.data.dtype)
-        elif g.data.dtype != tensor.data.dtype:
-            g = g.to(dtype=tensor.data.dtype)
-        if wanted is not None:
-            index = wanted.get(id(tensor))
-            if index is not None:
-                if plain:
-                    g = Tensor._make(g, tensor._device)
-                captured[index] = g if captured[index] is None else captured[index] + g
-            return
-        if tensor.grad is None:  # the usual case: the first gradient of this leaf
-            array = g if plain else g.data
-            owner = _owner(array)
-            buffer = tensor._grad_buffer
-            if ((buffer is None or array is not buffer.array)  # (the leaf's own buffer is never copied)
-                    and (not array.flags.writeable or id(owner) in handed_out)):
-                # read-only broadcast view, or memory another leaf holds: copy it
-                g = array.copy() if plain else ops.Clone.apply(g)
-                owner = array = g if plain else g.data
-            handed_out.add(id(owner))
-            borrowed.add(id(tensor))
-            tensor.grad = Tensor._make(g, tensor._device) if plain else g
-            return
-        if isinstance(tensor.grad, SparseRowGrad):  # a dense gradient joins a sparse one
-            tensor.grad = Tensor._make(tensor.grad.to_dense(), tensor._device)
-        if create_graph:  # a graph-carrying grad is never updated in place
-            tensor.grad = tensor.grad + g
-        elif id(tensor) in borrowed:
-            tensor.grad = Tensor._make(tensor.grad.data + g, tensor._device)  # now its own array
-            borrowed.discard(id(tensor))
-        else:
-            tensor.grad.data += g  # accumulate in place: .grad may be a view into a flat buffer
-
-    global _grad_enabled, _open_grad_buffers
-    previous_mode, _grad_enabled = _grad_enabled, create_graph
-    previous_buffers = _open_grad_buffers
-    _open_grad_buffers = set() if plain and wanted is None else None
-    try:
-        for out in outputs:  # a root that is itself a leaf or an input
-            if out._ctx is None and out in grads:
-                deliver(out, grads.pop(out))
-        for tensor in order:
-            if wanted is not None and id(tensor) not in above_wanted and id(tensor) not in wanted:
-                continue  # nothing asked for lies below: leave this part of the graph alone
-            g = grads.pop(tensor, None)
-            ctx = tensor._ctx
-            if g is None:  # not on a path from the outputs that carries gradient
-                if not retain_graph:
-                    ctx.release()
-                continue
-            if tensor._retains_grad or (wanted is not None and id(tensor) in wanted):
-                deliver(tensor, g)
-                if wanted is not None and id(tensor) not in above_wanted:
-                    continue  # an asked-for intermediate with nothing asked for below it
-            if plain and not ctx.takes_raw_grad:  # a backward written with Tensor ops only
-                input_grads = [pg.data if isinstance(pg, Tensor) else pg
-                               for pg in ctx.backward(Tensor._make(g, tensor._device))]
-            else:
-                input_grads = ctx.backward(g)
-            for parent, pg in zip(ctx.inputs, input_grads):
-                if pg is None or not parent._requires_grad:
-                    continue
-                if parent._ctx is None:
-                    deliver(parent, pg)
-                    if parent._post_accumulate_grad_hooks is not None and wanted is None:
-                        for hook in parent._post_accumulate_grad_hooks:
-                            hook(parent)
-                else:
-                    pending = grads.get(parent)
-                    grads[parent] = pg if pending is None else pending + pg
-            if not retain_graph:
-                ctx.release()
-    finally:
-        _grad_enabled, _open_grad_buffers = previous_mode, previous_buffers
-    return captured
-
-
-def _above(order: list[Tensor], wanted: dict) -> set[int]:
-    """Ids of the tensors in ``order`` that have a wanted tensor somewhere below them
-    (``order`` lists consumers before what they consume, so walk it backwards)."""
-    above: set[int] = set()
-    for tensor in reversed(order):
-        if any(id(p) in wanted or id(p) in above for p in tensor._ctx.inputs):
-            above.add(id(tensor))
-    return above
-
-
-from . import ops  # noqa: E402  (ops needs Tensor and Function defined above)
+# The engine and the ops need Tensor defined first, so they are imported last; the Tensor
+# methods above look them up when called.
+from .autograd import engine  # noqa: E402
+from .autograd.engine import Function, enable_grad, is_grad_enabled, no_grad  # noqa: E402,F401  (re-exported)
+from . import ops  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- creation

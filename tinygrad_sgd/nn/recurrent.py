@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 from .. import ops
+from ..ops import nn as nn_ops
 from ..tensor import Tensor, zeros
 from . import functional as F
 from . import init
@@ -185,7 +186,7 @@ class RNNBase(Module):
 
 def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``x W^T + b`` through the fused linear op (inputs were checked once per call)."""
-    return F._Linear.apply(x, weight) if bias is None else F._Linear.apply(x, weight, bias)
+    return nn_ops.Linear.apply(x, weight) if bias is None else nn_ops.Linear.apply(x, weight, bias)
 
 
 class RNN(RNNBase):

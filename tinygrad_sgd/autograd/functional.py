@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend
-from .tensor import Tensor, float64, run_backward
+from .. import backend
+from ..tensor import Tensor, float64
+from .engine import backward
 
 
 def _as_tuple(values, what: str) -> tuple:
@@ -51,8 +52,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None, c
             raise RuntimeError(f"grad(): an input of shape {t.shape} does not require grad")
     if retain_graph is None:
         retain_graph = create_graph
-    results = run_backward(list(outputs), list(grad_outputs), retain_graph=retain_graph,
-                           create_graph=create_graph, inputs=list(inputs))
+    results = backward(list(outputs), list(grad_outputs), retain_graph=retain_graph,
+                       create_graph=create_graph, inputs=list(inputs))
     if not allow_unused and any(r is None for r in results):
         raise RuntimeError("grad(): one of the inputs was not used to compute the outputs "
                            "(pass allow_unused=True to get None for it)")
