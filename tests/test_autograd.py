@@ -302,9 +302,7 @@ def _optimizer_step(w, x):
 
 @pytest.mark.parametrize("change", [_setitem_under_no_grad, _setitem_of_the_other_input, _rebind_data,
                                     _write_through_a_detached_alias,
-                                    pytest.param(_optimizer_step, marks=pytest.mark.xfail(
-                                        reason="optimizers count versions with the multi-tensor rewrite",
-                                        strict=False))],
+                                    _optimizer_step],
                          ids=["setitem", "setitem-other-input", "rebind-data", "detached-alias", "optimizer-step"])
 def test_changing_a_saved_tensor_in_place_makes_backward_raise(change):
     loss, w, x = _saved_then_changed(change)
