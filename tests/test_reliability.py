@@ -5,6 +5,7 @@ tests beside them. Sizes are tiny: the whole file runs in seconds.
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -60,12 +61,13 @@ def _assert_same(a: dict, b: dict):
 # ----------------------------------------------------------------------------- 1. the update is checked
 
 
+@pytest.mark.parametrize("undo", [False, True], ids=["check", "undo"])
 @pytest.mark.parametrize("fused", [None, False], ids=["fused", "reference"])
 @pytest.mark.parametrize("opt_name,kw", [("SGD", {"momentum": 0.9}), ("Adam", {})])
-def test_a_step_that_makes_a_weight_infinite_is_undone_and_never_checkpointed(tmp_path, fused, opt_name, kw):
+def test_a_step_that_makes_a_weight_infinite_raises_and_is_never_checkpointed(tmp_path, fused, opt_name, kw, undo):
     """A finite loss and gradient with a huge learning rate: step 2's update overflows
-    float32. The step is undone (weights and optimizer state as after step 1), the
-    message is true, and the checkpoint holds step 1's finite values."""
+    float32. fit raises before logging or checkpointing it, with a true message; with
+    undo_nonfinite_step=True the weights and optimizer state are those after step 1."""
     model, opt, loader = _run(opt_name, fused, lr=1e-3, **kw)
     # lr 1e-3 for step 1, then 1e39: Adam's update is ~lr per element, SGD's lr * grad.
     sched = tg.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 if t == 0 else 1e42)
@@ -76,15 +78,20 @@ def test_a_step_that_makes_a_weight_infinite_is_undone_and_never_checkpointed(tm
 
     snap = Snapshot()
     path = tmp_path / "run.npz"
-    with pytest.raises(NonFiniteError, match=r"update at epoch 0, step 2 made a parameter NaN or Inf.*undone") as error:
+    message = "the step was undone" if undo else "the parameters now hold NaN/Inf"
+    with pytest.raises(NonFiniteError, match=r"update at epoch 0, step 2 made a parameter NaN or Inf.*" + message) \
+            as error:
         fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=1, scheduler=sched, scheduler_interval="step",
-            checkpoint_path=path, checkpoint_every=1, callbacks=[snap], progress=False)
+            checkpoint_path=path, checkpoint_every=1, callbacks=[snap], progress=False, undo_nonfinite_step=undo)
     assert error.value.step == 2 and len(error.value.history) == 1
     weights = _weights(model)
-    assert all(np.isfinite(w).all() for w in weights.values())
-    _assert_same(weights, snap.weights)
-    _assert_same(_opt_state(opt), snap.state)
-    saved = load_checkpoint(path)
+    if undo:
+        assert all(np.isfinite(w).all() for w in weights.values())
+        _assert_same(weights, snap.weights)
+        _assert_same(_opt_state(opt), snap.state)
+    else:  # the message is true: the weights hold the overflow
+        assert not all(np.isfinite(w).all() for w in weights.values())
+    saved = load_checkpoint(path)  # never the non-finite values
     assert saved["loop"]["step"] == 1
     _assert_same(saved["model"], snap.weights)
 
@@ -95,7 +102,7 @@ def test_the_first_step_failing_leaves_no_optimizer_state_and_no_checkpoint(tmp_
     path = tmp_path / "run.npz"
     with pytest.raises(NonFiniteError, match="step 1 made a parameter NaN or Inf"):
         fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=1, checkpoint_path=path, checkpoint_every=1,
-            progress=False)
+            progress=False, undo_nonfinite_step=True)
     _assert_same(_weights(model), before)
     assert opt.state == {} and not path.exists()
 
@@ -123,7 +130,7 @@ def test_all_finite_tells_overflowing_squares_from_inf_and_nan():
     big = np.full(3, 1e200)  # its sum of squares overflows; the values are finite
     assert all_finite([big, np.ones(2, np.float32)])
     assert not all_finite([big, np.array([1.0, np.inf])])
-    assert not all_finite([np.array([np.nan], np.float32)], fused=False)
+    assert not all_finite([np.array([np.nan], np.float32)])
     assert all_finite([np.zeros(0, np.float32)])
 
 
@@ -390,3 +397,21 @@ def test_softmax_of_an_empty_tensor_is_empty_as_in_torch(shape, dim, name):
     assert out.shape == tuple(expected.shape) and out.dtype == np.float32
     out.sum().backward()
     assert x.grad.shape == shape
+
+
+# ----------------------------------------------------------------------------- the soak benchmark's machinery
+
+
+def test_soak_benchmark_runs_both_modes_and_sees_no_leaked_graph(monkeypatch, capsys):
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import soak
+
+    assert soak.main(["--mode", "rss", "--steps", "120", "--every", "40"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") >= 5 and "minus_history_MB" in out
+    assert soak.main(["--mode", "tracemalloc", "--steps", "100"]) == 0
+    out = capsys.readouterr().out
+    counts = re.search(r"after warm-up: (\(\d+, \d+\)); at the end: (\(\d+, \d+\))", out)
+    assert counts and counts.group(1) == counts.group(2)  # no Tensor or Function accumulates
+    assert "History rows at the end: 100" in out

@@ -12,8 +12,8 @@
         evaluate on val_loader; scheduler.step()     # per-epoch schedules
 
 Everything else in :func:`fit` is bookkeeping around those lines: the history, a guard
-that stops on a NaN/Inf before it reaches the weights (and undoes a step that made a
-weight non-finite, ``train/guard.py``), callbacks (early stopping),
+that stops on a NaN/Inf before it reaches the weights (and checks the weights after
+each step, ``train/guard.py``), callbacks (early stopping),
 progress bars, and checkpoints that let an interrupted run resume bit-for-bit.
 """
 
@@ -44,9 +44,12 @@ REGRESSION_METRICS = {"mse": metric_fns.mean_squared_error, "mae": metric_fns.me
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced a NaN/Inf loss, gradient or parameter. The parameters and the
-    optimizer state still hold the last good values (a bad gradient is not applied, a
-    step that made a parameter non-finite is undone); ``history`` has the run up to it."""
+    """Training produced a NaN/Inf loss, gradient or parameter; ``history`` has the run up
+    to the step before. A NaN/Inf loss or gradient is never applied: the parameters and
+    optimizer state hold the last good values. A step whose update made a parameter
+    NaN/Inf was applied, but nothing after it (no History row, callback or checkpoint);
+    with ``fit(..., undo_nonfinite_step=True)`` it is undone as well. The message says
+    which case it is."""
 
     def __init__(self, message: str, *, epoch: int, step: int, history: History):
         super().__init__(message)
@@ -177,7 +180,7 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         scheduler_interval: str = "epoch", accumulation_steps: int = 1, clip_grad_norm: float | None = None,
         callbacks=(), progress: bool = True, metrics=("accuracy",), scale_lr_with_batch_size: bool = False,
         checkpoint_path=None, checkpoint_every: int | None = None, resume_from=None, log=print,
-        noise_scale: bool = False) -> History:
+        noise_scale: bool = False, undo_nonfinite_step: bool = False) -> History:
     """Train ``model`` with mini-batch SGD; return the :class:`History`.
 
     ``epochs`` is where training ends, counted by the loader: it runs until
@@ -217,9 +220,12 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     checkpoint; the result is bit-for-bit the run that was never interrupted (on the CPU).
 
     A NaN or Inf loss or gradient raises :class:`NonFiniteError` naming the epoch and step,
-    before the optimizer applies it; a step that makes a parameter NaN or Inf (a finite
-    gradient times a huge learning rate) is undone and raises it too, so the parameters,
-    the optimizer state and every checkpoint hold finite values.
+    before the optimizer applies it. The parameters are checked after every step too (a
+    finite gradient times a huge learning rate overflows): a step that made one NaN or Inf
+    raises it before anything is logged or checkpointed, so a checkpoint never holds a
+    non-finite value. ``undo_nonfinite_step=True`` also restores the parameters and the
+    optimizer state from before that step (copies taken before every step; the cost is in
+    docs/benchmarks.md), so training can go on from them in the same process.
 
     ``resume_from`` is all or nothing: when any piece of the checkpoint does not fit
     (another model, optimizer, scheduler or dataset), it raises and nothing has changed.
@@ -248,7 +254,7 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     params = [p for group in optimizer.param_groups for p in group["params"]]
     history = History()
     noise = GradientNoiseScale() if noise_scale else None
-    guard = StepGuard(params, optimizer)
+    guard = StepGuard(params, optimizer, undo=bool(undo_nonfinite_step))
     state = TrainState(model, optimizer, history)
     # Running sums of the epoch in progress (checkpointed, so a resumed epoch reports
     # the same numbers as an uninterrupted one).
@@ -315,12 +321,16 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
             optimizer.step(grad_scale=grad_scale)
             optimizer.zero_grad()
             if not guard.finite():
-                guard.restore()
-                raise NonFiniteError(f"the update at epoch {epoch}, step {state.step + 1} made a parameter NaN or Inf "
-                                     f"(loss {loss_value:.6g} and gradient norm {grad_norm:.6g} were finite: is the "
-                                     f"learning rate {lr:g} too large?); the step was undone, the parameters and "
-                                     "optimizer state keep their last finite values", epoch=epoch,
-                                     step=state.step + 1, history=history)
+                undone = guard.restore()
+                raise NonFiniteError(
+                    f"the update at epoch {epoch}, step {state.step + 1} made a parameter NaN or Inf (loss "
+                    f"{loss_value:.6g} and gradient norm {grad_norm:.6g} were finite: is the learning rate {lr:g} "
+                    "too large?); " + ("the step was undone: the parameters and optimizer state keep their last "
+                                       "finite values" if undone else
+                                       "the parameters now hold NaN/Inf; nothing of this step was logged or "
+                                       "checkpointed (resume from the last checkpoint, or pass "
+                                       "undo_nonfinite_step=True to restore the values from before the step)"),
+                    epoch=epoch, step=state.step + 1, history=history)
             state.step += 1
             history.log_step(epoch=epoch, step=state.step, loss=loss_value, lr=lr, batch_size=n * in_group,
                              grad_norm=grad_norm)
