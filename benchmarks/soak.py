@@ -45,10 +45,15 @@ def rss_mb() -> float:
 
 
 def history_mb(history) -> float:
-    """Bytes held by the History's step lists and the numbers in them."""
-    total = 0
+    """Bytes held by the History's step lists and the number objects in them (each object
+    once: small ints such as the epoch or the batch size are shared, not stored per row)."""
+    total, seen = 0, set()
     for values in history.steps.values():
-        total += sys.getsizeof(values) + sum(sys.getsizeof(v) for v in values)
+        total += sys.getsizeof(values)
+        for v in values:
+            if id(v) not in seen:
+                seen.add(id(v))
+                total += sys.getsizeof(v)
     return total / 2**20
 
 
