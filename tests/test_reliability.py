@@ -415,3 +415,24 @@ def test_soak_benchmark_runs_both_modes_and_sees_no_leaked_graph(monkeypatch, ca
     counts = re.search(r"after warm-up: (\(\d+, \d+\)); at the end: (\(\d+, \d+\))", out)
     assert counts and counts.group(1) == counts.group(2)  # no Tensor or Function accumulates
     assert "History rows at the end: 100" in out
+
+
+def test_a_resume_refused_at_its_last_piece_puts_every_loaded_piece_back(tmp_path):
+    """The RNG state is loaded last: when it is refused, the model, optimizer, loader and
+    history loaded before it are put back."""
+    from tinygrad_sgd.train.checkpoint import save_checkpoint
+    path = _checkpoint(tmp_path)
+    saved = load_checkpoint(path)
+    saved["rng"] = {"bit_generator": "MT19937", "state": {"key": np.zeros(3, np.uint32), "pos": 0}}
+    save_checkpoint(path, saved)
+    tg.manual_seed(3)
+    model = tg.nn.Sequential(tg.nn.Linear(4, 8), tg.nn.ReLU(), tg.nn.Linear(8, 2))
+    opt = tg.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+    loader = tg.data.DataLoader(tg.data.TensorDataset(*_data()), batch_size=16, shuffle=True, seed=1)
+    before = (_weights(model), opt.state_dict(), loader.state_dict(), tg.rng.get_rng_state())
+    with pytest.raises(ValueError, match="PCG64"):
+        fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=2, resume_from=path, progress=False)
+    _assert_same(_weights(model), before[0])
+    assert opt.state_dict()["param_groups"] == before[1]["param_groups"] and opt.state == {}
+    assert loader.state_dict() == before[2]
+    _assert_same(tg.rng.get_rng_state(), before[3])
