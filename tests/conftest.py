@@ -32,22 +32,19 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: a device-parametrized test case on the 'cuda' device")
+    config.addinivalue_line("markers", "standin: a test of the CuPy stand-in itself (runs with --cupy-standin)")
     if config.getoption("--cupy-standin") or os.environ.get(STANDIN_ENV_VAR) == "1":
         enable_cupy_standin()
 
 
 def enable_cupy_standin() -> None:
     """Put the stand-in ``cupy`` first on ``sys.path`` (and on ``PYTHONPATH``, for the
-    subprocesses that tests start), and give Numba's simulator what it lacks for it."""
+    subprocesses that tests start)."""
     if "tinygrad_sgd.backend" in sys.modules or "cupy" in sys.modules:
         raise pytest.UsageError("the CuPy stand-in must be enabled before tinygrad_sgd or cupy is imported")
     sys.path.insert(0, str(STANDIN_DIR))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(STANDIN_DIR), os.environ.get("PYTHONPATH")]))
     os.environ[STANDIN_ENV_VAR] = "1"
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        import numba_simulator
-
-        numba_simulator.install()
 
 
 def pytest_report_header(config):

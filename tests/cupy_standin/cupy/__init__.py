@@ -31,6 +31,10 @@ context manager, streams with ``synchronize()``. Anything else is an ``Attribute
 module name) or :class:`NotCovered` (a NumPy function dispatched to it) naming the missing
 function: add it here, with CuPy's behaviour, when the library starts to use it.
 
+With ``NUMBA_ENABLE_CUDASIM=1`` it gives Numba's CUDA simulator ``cuda.as_cuda_array``
+(a simulated device array over the same memory) and the two stream functions it lacks
+(``_numba_simulator.py``), so the fused kernels run on its arrays.
+
 It cannot catch: kernel launch configuration, real memory limits, asynchronous errors
 (every call runs synchronously on the CPU), CuPy's own numerical differences (its
 reductions sum in another order), or performance.
@@ -39,6 +43,8 @@ reductions sum in another order), or performance.
 from __future__ import annotations
 
 import builtins as _builtins  # the module defines its own any, all, max, min, sum, round
+import os as _os
+import sys as _sys
 
 import numpy
 
@@ -521,6 +527,9 @@ def __getattr__(name):
                          "add it there with CuPy's behaviour if real CuPy has it")
 
 
-import sys as _sys
-
 _this_module = _sys.modules[__name__]
+
+if _os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the Numba-CUDA kernels accept its arrays
+    from ._numba_simulator import install as _install
+
+    _install()

@@ -1,5 +1,5 @@
 """What Numba's CUDA simulator lacks for CuPy arrays, given to it while the CuPy stand-in
-is on (``tests/conftest.py`` calls :func:`install` when ``NUMBA_ENABLE_CUDASIM=1``).
+is on (the stand-in calls :func:`install` on import when ``NUMBA_ENABLE_CUDASIM=1``).
 
 ``kernels/cuda.py`` launches CuPy arrays through ``cuda.as_cuda_array`` on CuPy's current
 stream (``cuda.external_stream``, or ``cuda.default_stream`` for the null stream); the
