@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run the benchmark scripts of a source checkout")
     bench.add_argument("names", nargs="*", help="benchmark names (default: all), e.g. op_overhead")
+    commands.add_parser("doctor", help="versions, threads, GPUs, extras and a smoke test per device")
     return parser
 
 
@@ -236,11 +237,18 @@ def command_bench(args) -> int:
     return status
 
 
+def command_doctor(args) -> int:
+    from .doctor import main as doctor
+
+    return doctor()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "epochs", 1) < 1 or getattr(args, "batch_size", 1) < 1 or getattr(args, "accumulation", 1) < 1:
         build_parser().error("--epochs, --batch-size and --accumulation must be at least 1")
-    commands = {"train": command_train, "compare": command_compare, "bench": command_bench}
+    commands = {"train": command_train, "compare": command_compare, "bench": command_bench,
+                "doctor": command_doctor}
     return commands[args.command](args)
 
 
