@@ -220,4 +220,5 @@ def test_compare_command_runs_on_both_devices(device, capsys):
         return
     assert "cuda:0:" in out and "speed-up" in out
     drift = float(out.split("largest per-step loss difference:")[1].split(";")[0])
-    assert drift < 1e-4
+    relative = float(out.split("relative difference")[1].split()[0])
+    assert drift < 1e-4 and relative < 1e-4

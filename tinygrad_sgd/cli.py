@@ -213,6 +213,9 @@ def command_compare(args) -> int:
         gpu_epoch = np.median([r["time_s"] for r in h_gpu.epochs])
         print(f"speed-up (CPU epoch time / GPU epoch time): {cpu_epoch / gpu_epoch:.2f}x")
         print(f"largest per-step loss difference: {loss_drift:.3g}; largest parameter difference: {param_drift:.3g}")
+        cpu_loss, gpu_loss = h_cpu.epochs[-1]["train_loss"], h_gpu.epochs[-1]["train_loss"]
+        print(f"last epoch's training loss: cpu {cpu_loss:.6g}, cuda:0 {gpu_loss:.6g}, relative difference "
+              f"{abs(gpu_loss - cpu_loss) / max(abs(cpu_loss), 1e-30):.3g}")
     return 0
 
 
