@@ -58,6 +58,8 @@ def test_numpy_functions_dispatch_or_name_what_is_missing(cp):
         np.median(x)
     with pytest.raises(AttributeError, match=r"cupy\.random is not covered"):
         cp.random  # noqa: B018
+    with pytest.raises(AttributeError, match=r"cupy\.ndarray\.ptp is not covered"):
+        x.ptp()
 
 
 def test_results_follow_cupy(cp):

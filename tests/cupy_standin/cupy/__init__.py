@@ -281,6 +281,10 @@ class ndarray:
     def __complex__(self):
         return complex(self.item())
 
+    def __getattr__(self, name):  # only reached for names the class does not define
+        raise AttributeError(f"cupy.ndarray.{name} is not covered by the CuPy stand-in "
+                             "(tests/cupy_standin/cupy); add it there with CuPy's behaviour if real CuPy has it")
+
     def __repr__(self):
         return repr(self._a)
 
