@@ -79,3 +79,15 @@ def test_engine_ab_runs_an_earlier_revision_beside_this_tree():
     assert names == ["numpy", "raw ops, at HEAD", "tg.nn, at HEAD", "raw ops, this tree", "tg.nn, this tree"]
     ratios = [float(row.rsplit(maxsplit=1)[1].rstrip("x")) for row in rows]
     assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
+
+
+def test_gpu_scripts_run_without_a_gpu():
+    """gpu_check.sh is valid bash; gpu_bandwidth.py says there is nothing to measure."""
+    if shutil.which("bash") is not None:
+        subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_check.sh")], check=True)
+    if tg.gpu_available():
+        pytest.skip("a GPU is present: benchmarks/gpu_check.sh runs gpu_bandwidth.py for real")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_bandwidth.py")], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "no CUDA GPU" in result.stdout
