@@ -43,17 +43,19 @@ SETTLE_S = 0.2
 
 # name -> full-size shapes; QUICK holds tiny ones of the same structure
 FULL = {
-    "cnn": dict(batch=64, channels=3, side=32, conv=(32, 64), fc=128, classes=10, epoch_samples=50_000),
-    "lstm": dict(batch=32, vocab=5_000, embed=64, hidden=128, length=80, dropout=0.5, classes=2,
-                 epoch_samples=25_000),
-    "mf": dict(batch=128, users=50_000, items=20_000, dim=32, epoch_samples=100_000),
-    "mf_sparse": dict(batch=128, users=50_000, items=20_000, dim=32, epoch_samples=100_000),
+    "cnn": {"batch": 64, "channels": 3, "side": 32, "conv": (32, 64), "fc": 128, "classes": 10,
+            "epoch_samples": 50_000},
+    "lstm": {"batch": 32, "vocab": 5_000, "embed": 64, "hidden": 128, "length": 80, "dropout": 0.5, "classes": 2,
+             "epoch_samples": 25_000},
+    "mf": {"batch": 128, "users": 50_000, "items": 20_000, "dim": 32, "epoch_samples": 100_000},
+    "mf_sparse": {"batch": 128, "users": 50_000, "items": 20_000, "dim": 32, "epoch_samples": 100_000},
 }
 QUICK = {
-    "cnn": dict(batch=4, channels=3, side=8, conv=(4, 6), fc=8, classes=3, epoch_samples=8),
-    "lstm": dict(batch=3, vocab=20, embed=5, hidden=6, length=4, dropout=0.5, classes=2, epoch_samples=6),
-    "mf": dict(batch=8, users=30, items=20, dim=4, epoch_samples=16),
-    "mf_sparse": dict(batch=8, users=30, items=20, dim=4, epoch_samples=16),
+    "cnn": {"batch": 4, "channels": 3, "side": 8, "conv": (4, 6), "fc": 8, "classes": 3, "epoch_samples": 8},
+    "lstm": {"batch": 3, "vocab": 20, "embed": 5, "hidden": 6, "length": 4, "dropout": 0.5, "classes": 2,
+             "epoch_samples": 6},
+    "mf": {"batch": 8, "users": 30, "items": 20, "dim": 4, "epoch_samples": 16},
+    "mf_sparse": {"batch": 8, "users": 30, "items": 20, "dim": 4, "epoch_samples": 16},
 }
 
 

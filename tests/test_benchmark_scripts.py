@@ -100,7 +100,7 @@ def test_example_models_engine_and_torch_take_the_same_steps(monkeypatch, name):
 
 def test_example_models_quick_mode_prints_every_ratio():
     result = subprocess.run([sys.executable, str(BENCHMARKS / "example_models.py"), "--quick"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
     for name in ("cnn", "lstm", "mf", "mf_sparse"):
