@@ -134,6 +134,31 @@ def max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
 
 
 @njit(**_OPTIONS)
+def max_pool_2x2(x, sh, sw, out, argmax):
+    """:func:`max_pool` for the common 2x2 window without padding, written out so the
+    compiler unrolls it (a window loop of unknown length costs 3x as much)."""
+    batch, channels, height, width = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        for y in range(ho):
+            for xo in range(wo):
+                best = x.dtype.type(-np.inf)
+                where = y * sh * width + xo * sw  # (an all -inf window keeps its first element)
+                for i in range(2):
+                    for j in range(2):
+                        yy = y * sh + i
+                        xx = xo * sw + j
+                        value = x[n, c, yy, xx]
+                        if value > best or value != value:
+                            best = value
+                            where = yy * width + xx
+                out[n, c, y, xo] = best
+                argmax[n, c, y, xo] = where
+
+
+@njit(**_OPTIONS)
 def max_pool_backward(grad, argmax, out):
     """``out[n, c].flat[argmax[n, c, y, x]] += grad[n, c, y, x]``, one thread per plane."""
     batch, channels, height, width = out.shape

@@ -94,6 +94,8 @@ POOL_CASES = [  # (x shape, kernel, stride, padding)
     ((1, 1, 5, 5), 3, 1, 1),     # every pixel in up to 9 windows
     ((2, 2, 6, 7), (2, 3), (1, 2), (1, 0)),
     ((1, 3, 4, 4), 1, 1, 0),
+    ((2, 2, 7, 9), 2, 1, 0),     # the unrolled 2x2 kernel, overlapping windows
+    ((1, 2, 5, 7), 2, (2, 1), 0),
 ]
 
 
@@ -140,7 +142,8 @@ def test_avg_pool_kernels_equal_the_reference_and_torch(shape, kernel, stride, p
     _assert_close(fused, [out_t.detach().numpy(), xt.grad.numpy()], TOL[dtype])
 
 
-def test_max_pool_kernel_ties_and_nan_follow_torch(rng):
+@pytest.mark.parametrize("kernel,padding", [(2, 0), (3, 1)])  # the unrolled 2x2 kernel and the general one
+def test_max_pool_kernel_ties_and_nan_follow_torch(kernel, padding, rng):
     """Ties go to the first maximum in the window; a NaN wins its window, and with several
     NaNs the gradient goes to the last of them (torch's scan: ``v > best or isnan(v)``)."""
     torch = pytest.importorskip("torch")
@@ -150,9 +153,9 @@ def test_max_pool_kernel_ties_and_nan_follow_torch(rng):
     x[0, 0, 2:, :2] = [[1.0, 3.0], [3.0, 2.0]]  # a tie
     x[0, 0, 2:, 2:] = -np.inf                   # a window of -inf
     upstream = rng.standard_normal((1, 1, 2, 2))
-    got = _run(lambda t: F.max_pool2d(t, 2), [x], upstream, np.float64)
+    got = _run(lambda t: F.max_pool2d(t, kernel, 2, padding), [x], upstream, np.float64)
     xt = torch.tensor(x, requires_grad=True)
-    out_t = torch.nn.functional.max_pool2d(xt, 2)
+    out_t = torch.nn.functional.max_pool2d(xt, kernel, 2, padding)
     out_t.backward(torch.tensor(upstream))
     np.testing.assert_array_equal(got[0], out_t.detach().numpy())
     np.testing.assert_array_equal(got[1], xt.grad.numpy())

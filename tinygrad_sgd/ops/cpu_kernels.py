@@ -124,7 +124,10 @@ def max_pool(x, geometry):
     out = np.empty((n, c, ho, wo), dtype=x.dtype)
     argmax = np.empty((n, c, ho, wo), dtype=np.int32 if x.shape[2] * x.shape[3] < 2 ** 31 else np.int64)
     with _launch(x.size) as run:
-        run(_kernel_module("conv").max_pool)(np.ascontiguousarray(x), *_pool_args(geometry), out, argmax)
+        if geometry.kernel == (2, 2) and not any(geometry.pads):
+            run(_kernel_module("conv").max_pool_2x2)(np.ascontiguousarray(x), *geometry.stride, out, argmax)
+        else:
+            run(_kernel_module("conv").max_pool)(np.ascontiguousarray(x), *_pool_args(geometry), out, argmax)
     return out, argmax
 
 
