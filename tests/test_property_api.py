@@ -25,7 +25,8 @@ import tinygrad_sgd as tg
 torch = pytest.importorskip("torch")
 
 DOCUMENTED = (ValueError, TypeError, RuntimeError, IndexError)
-SETTINGS = settings(max_examples=int(os.environ.get("TINYGRAD_SGD_PROPERTY_EXAMPLES", "25")), deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=int(os.environ.get("TINYGRAD_SGD_PROPERTY_EXAMPLES", "25")), deadline=None,
+                    derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 FLOATS = [np.float32, np.float64]

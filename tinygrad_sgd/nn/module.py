@@ -50,7 +50,8 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
 
-_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+# torch's repr name: IncompatibleKeys(missing_keys=..., unexpected_keys=...)
+_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])  # type: ignore[name-match]
 
 
 def _as_array(value, key: str):
@@ -281,10 +282,11 @@ class Module:
                     if tensor is None:
                         continue
                     device, array = convert(tensor.data, tensor.device)
-                    tensor.data, tensor._device = array, device
+                    # the device first: the checked .data setter refuses an array on another device
+                    tensor._device, tensor.data = device, array
                     grad = tensor.grad if isinstance(tensor.grad, Tensor) else None
                     if grad is not None:
-                        grad.data, grad._device = convert(grad.data, grad.device)[1], device
+                        grad._device, grad.data = device, convert(grad.data, grad.device)[1]
                     elif tensor.grad is not None:  # a SparseRowGrad cannot follow: drop it
                         tensor.grad = None
 
