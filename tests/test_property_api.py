@@ -305,3 +305,32 @@ def test_dataloader_covers_each_sample_once_or_refuses_at_construction(n, batch_
     with pytest.raises(DOCUMENTED):
         other.load_state_dict(bad)
     assert other.state_dict() == position
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.sampled_from(
+        ["a0", "a1", "nan", "inf", "x", "__array__", "__dict__", "__tuple__", "__float__"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["__array__", "__dict__", "__tuple__", "__float__", "k"]), children, max_size=2),
+    max_leaves=12)
+
+
+@SETTINGS
+@given(structure=JSON)
+def test_any_checkpoint_structure_loads_or_raises_checkpoint_error(tmp_path_factory, structure):
+    """A hostile file's JSON structure either decodes (into plain data and the file's own
+    arrays) or raises CheckpointError: never KeyError, TypeError or RecursionError."""
+    import json
+
+    from tinygrad_sgd.train.checkpoint import _FORMAT_KEY, _STRUCTURE_KEY, FORMAT, CheckpointError, load_checkpoint
+
+    path = tmp_path_factory.mktemp("hostile") / "c.npz"
+    np.savez(path, **{_FORMAT_KEY: np.array(FORMAT), _STRUCTURE_KEY: np.array(json.dumps(structure)),
+                      "a0": np.arange(3)})
+    try:
+        load_checkpoint(path)
+        event("loaded")
+    except CheckpointError:
+        event("refused")
