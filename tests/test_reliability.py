@@ -436,3 +436,12 @@ def test_a_resume_refused_at_its_last_piece_puts_every_loaded_piece_back(tmp_pat
     assert opt.state_dict()["param_groups"] == before[1]["param_groups"] and opt.state == {}
     assert loader.state_dict() == before[2]
     _assert_same(tg.rng.get_rng_state(), before[3])
+
+
+def test_module_load_state_dict_into_a_read_only_array_changes_no_key():
+    layer = tg.nn.Linear(2, 2)
+    before = _weights(layer)
+    layer.bias.data.setflags(write=False)
+    with pytest.raises(ValueError, match="'bias' holds a read-only array"):
+        layer.load_state_dict({k: np.ones_like(v) for k, v in before.items()})
+    _assert_same(_weights(layer), before)  # the weight, checked first, was not written either
