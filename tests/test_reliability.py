@@ -445,3 +445,15 @@ def test_module_load_state_dict_into_a_read_only_array_changes_no_key():
     with pytest.raises(ValueError, match="'bias' holds a read-only array"):
         layer.load_state_dict({k: np.ones_like(v) for k, v in before.items()})
     _assert_same(_weights(layer), before)  # the weight, checked first, was not written either
+
+
+def test_history_load_state_dict_checks_everything_first():
+    history = tg.train.History()
+    history.log_step(epoch=0, step=1, loss=0.5, lr=0.1, batch_size=4, grad_norm=1.0)
+    before = history.state_dict()
+    good = dict(before)
+    for bad in ({"steps": before["steps"], "epochs": [5]}, {"steps": dict(before["steps"], loss=[])},
+                {"epochs": []}, [1]):
+        with pytest.raises(ValueError, match="History.load_state_dict"):
+            history.load_state_dict(bad)
+        assert history.state_dict() == good
