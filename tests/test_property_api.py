@@ -204,6 +204,33 @@ def test_cross_entropy_matches_torch_or_refuses_before_any_change(n, c, data, sm
     assert_like_torch(got, expected, np.float64)
 
 
+PAIRED = ["mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy_with_logits"]
+
+
+@SETTINGS
+@given(a=arrays(max_dims=2), b=arrays(max_dims=2), name=st.sampled_from(PAIRED),
+       reduction=st.sampled_from(["mean", "sum", "none"]))
+def test_elementwise_losses_match_torch_or_refuse_different_shapes(a, b, name, reduction):
+    """The library refuses input and target shapes that differ (torch broadcasts them with
+    a warning: almost always a bug); equal shapes give torch's loss, NaN and Inf included."""
+    b = b.astype(a.dtype)
+    x = tg_tensor(a, requires_grad=True)
+    before = snapshot(x)
+    if a.shape != b.shape:
+        event("refused")
+        with pytest.raises(ValueError, match="shape"):
+            getattr(tg.nn.functional, name)(x, tg_tensor(b), reduction=reduction)
+        assert_unchanged(before, x)
+        return
+    if name == "binary_cross_entropy_with_logits":
+        b = np.asarray(np.clip(np.nan_to_num(b, nan=0.5), 0, 1), dtype=a.dtype)  # a probability target
+    with np.errstate(all="ignore"):
+        got = getattr(tg.nn.functional, name)(x, tg_tensor(b), reduction=reduction)
+    expected = getattr(torch.nn.functional, name)(torch.from_numpy(a.copy()), torch.from_numpy(b.copy()),
+                                                  reduction=reduction)
+    assert_like_torch(got, expected, a.dtype)
+
+
 # ----------------------------------------------------------------------------- optimizers
 
 HYPER = st.sampled_from([0.1, 0.0, 1e-3, -0.1, float("nan"), float("inf"), 2.0])
