@@ -457,3 +457,76 @@ def test_history_load_state_dict_checks_everything_first():
         with pytest.raises(ValueError, match="History.load_state_dict"):
             history.load_state_dict(bad)
         assert history.state_dict() == good
+
+
+# ----------------------------------------------------------------------------- on every device
+
+
+def _host(x):
+    from tinygrad_sgd import backend
+    return np.array(backend.to_numpy(x.detach().data if isinstance(x, tg.Tensor) else x))
+
+
+@pytest.mark.parametrize("undo", [False, True], ids=["check", "undo"])
+def test_the_step_guard_on_every_device(device, undo):
+    tg.manual_seed(0)
+    model = tg.nn.Sequential(tg.nn.Linear(4, 8), tg.nn.ReLU(), tg.nn.Linear(8, 2)).to(device)
+    opt = tg.optim.Adam(model.parameters(), lr=1e-3)
+    sched = tg.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 if t == 0 else 1e42)
+    loader = tg.data.DataLoader(tg.data.TensorDataset(*_data()), batch_size=16, shuffle=True, seed=0, device=device)
+    kept = {}
+
+    class Keep(Callback):
+        def on_step_end(self, state):
+            kept["w"] = [_host(p) for p in model.parameters()]
+            kept["state"] = {i: {k: _host(v) if not isinstance(v, (int, float)) else v for k, v in s.items()}
+                             for i, s in enumerate(opt.state.values())}
+
+    with pytest.raises(NonFiniteError, match="step 2 made a parameter NaN or Inf"):
+        fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=1, scheduler=sched, scheduler_interval="step",
+            callbacks=[Keep()], progress=False, undo_nonfinite_step=undo)
+    now = [_host(p) for p in model.parameters()]
+    if undo:
+        for a, b in zip(now, kept["w"]):
+            np.testing.assert_array_equal(a, b)
+        for i, s in enumerate(opt.state.values()):
+            for k, v in s.items():
+                np.testing.assert_array_equal(_host(v) if not isinstance(v, (int, float)) else v, kept["state"][i][k])
+        assert all(type(p.data) is type(v) for p in model.parameters() for v in opt.state[p].values()
+                   if not isinstance(v, (int, float)))
+    else:
+        assert not all(np.isfinite(a).all() for a in now)
+
+
+def test_module_load_state_dict_overflow_on_every_device(device):
+    layer = tg.nn.Linear(2, 2).to(device)
+    before = [_host(p) for p in layer.parameters()]
+    state = {k: v.astype(np.float64) for k, v in layer.state_dict().items()}
+    state["bias"][1] = -1e300
+    with pytest.raises(ValueError, match="'bias' holds 1 value"):
+        layer.load_state_dict(state)
+    for a, b in zip(before, layer.parameters()):
+        np.testing.assert_array_equal(a, _host(b))
+
+
+@pytest.mark.skipif(torch is None, reason="needs torch")
+def test_cross_entropy_with_an_ignored_nan_row_on_every_device(device):
+    logits = tg.Tensor(np.array([[np.nan, 1.0], [0.5, 1.0]], np.float32), device=device, requires_grad=True)
+    target = tg.Tensor(np.array([-100, 1]), device=device)
+    loss = tg.nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
+    expected = torch.nn.functional.cross_entropy(torch.tensor([[np.nan, 1.0], [0.5, 1.0]]), torch.tensor([-100, 1]),
+                                                 label_smoothing=0.1)
+    np.testing.assert_allclose(_host(loss), expected.numpy(), rtol=1e-6)
+    empty = tg.nn.functional.log_softmax(tg.Tensor(np.zeros((0, 3), np.float32), device=device), dim=0)
+    assert empty.shape == (0, 3) and empty.device == logits.device
+
+
+def test_loader_resume_with_another_batch_size_on_every_device(device):
+    x = np.arange(20, dtype=np.float32)[:, None]
+    a = tg.data.DataLoader(tg.data.TensorDataset(x, np.arange(20)), batch_size=3, shuffle=True, seed=2, device=device)
+    it = iter(a)
+    seen = [int(i) for _ in range(3) for i in _host(next(it)[1])]
+    b = tg.data.DataLoader(tg.data.TensorDataset(x, np.arange(20)), batch_size=7, shuffle=True, seed=2, device=device)
+    b.load_state_dict(a.state_dict())
+    rest = [int(i) for _, yb in b for i in _host(yb)]
+    assert sorted(seen + rest) == list(range(20)) and len(rest) == 11
