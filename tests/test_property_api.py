@@ -176,6 +176,30 @@ def test_linear_matches_torch_or_names_the_shape(batch, fan_in, fan_out, given_i
 
 
 @SETTINGS
+@given(n=st.integers(1, 2), c_in=st.integers(1, 3), c_given=st.one_of(st.none(), st.integers(1, 3)),
+       size=st.integers(1, 6),
+       kernel=st.integers(1, 4), stride=st.integers(0, 3), padding=st.integers(-1, 2), seed=st.integers(0, 50))
+def test_conv2d_matches_torch_or_refuses_before_any_change(n, c_in, c_given, size, kernel, stride, padding, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in if c_given is None else c_given, size, size))
+    w = rng.standard_normal((2, c_in, kernel, kernel))
+    b = rng.standard_normal(2)
+    tx, tw = tg_tensor(x, requires_grad=True), tg_tensor(w, requires_grad=True)
+    before = snapshot(tx, tw)
+    try:
+        expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                                              stride=stride, padding=padding)
+    except (RuntimeError, ValueError):  # channels differ, kernel larger than the padded input, stride 0, ...
+        event("refused")
+        with pytest.raises(DOCUMENTED):
+            tg.nn.functional.conv2d(tx, tw, tg_tensor(b), stride=stride, padding=padding)
+        assert_unchanged(before, tx, tw)
+        return
+    got = tg.nn.functional.conv2d(tx, tw, tg_tensor(b), stride=stride, padding=padding)
+    assert_like_torch(got, expected, np.float64)
+
+
+@SETTINGS
 @given(n=st.integers(0, 4), c=st.integers(1, 4), data=st.data(),
        smoothing=st.sampled_from([0.0, 0.1, 1.0, 1.5, -0.1, float("nan")]),
        reduction=st.sampled_from(["mean", "sum", "none", "avg"]), special=st.booleans())
