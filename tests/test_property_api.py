@@ -307,6 +307,66 @@ def test_optimizer_steps_match_torch_or_refuse_before_any_change(name, lr, other
         assert_like_torch(p, tp, np.float64)
 
 
+MUTATIONS = ["none", "class", "lr", "group count", "param count", "state shape", "state huge", "state name",
+             "missing key", "state index"]
+
+
+@SETTINGS
+@given(name=st.sampled_from(["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]), mutation=st.sampled_from(MUTATIONS),
+       value=st.sampled_from([float("nan"), -1.0, 1e300, "x", None]))
+def test_optimizer_load_state_dict_loads_or_changes_nothing(name, mutation, value):
+    """A state dict from an identical optimizer, changed in one place, loads or raises
+    (ValueError, TypeError, KeyError) leaving the groups and the state as they were."""
+    def build():
+        a, b = tg_tensor(np.ones(3), requires_grad=True), tg_tensor(np.ones((2, 2)), requires_grad=True)
+        kw = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+        opt = getattr(tg.optim, name)([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1, **kw)
+        a.grad, b.grad = tg_tensor(np.full(3, 0.5)), tg_tensor(np.full((2, 2), 0.25))
+        opt.step()
+        return opt
+
+    saved = build().state_dict()
+    target = build()
+    target.param_groups[0]["lr"] = 0.01  # something a successful load would overwrite
+    target.step()
+    saved_first = next(iter(saved["state"][0]))
+    if mutation == "class":
+        saved["optimizer"] = "SGD" if name != "SGD" else "Adam"
+    elif mutation == "lr":
+        saved["param_groups"][1]["lr"] = value
+    elif mutation == "group count":
+        saved["param_groups"] = saved["param_groups"][:1]
+    elif mutation == "param count":
+        saved["param_groups"][0]["params"] = []
+    elif mutation == "state shape":
+        saved["state"][1][saved_first] = np.ones(5)
+    elif mutation == "state huge":
+        saved["state"][0] = {k: (np.full(3, 1e300) if isinstance(v, np.ndarray) else v)
+                             for k, v in saved["state"][0].items()}
+    elif mutation == "state name":
+        saved["state"][0]["bogus"] = np.ones(3)
+    elif mutation == "missing key":
+        del saved["param_groups"][0]["lr"]
+    elif mutation == "state index":
+        saved["state"][7] = saved["state"][0]
+    before = target.state_dict()
+    try:
+        target.load_state_dict(saved)
+        event(f"loaded ({mutation})")
+    except (ValueError, TypeError, KeyError):
+        event(f"refused ({mutation})")
+        after = target.state_dict()
+        assert after["param_groups"] == before["param_groups"]
+        assert after["state"].keys() == before["state"].keys()
+        for i, entries in before["state"].items():
+            for k, v in entries.items():
+                np.testing.assert_array_equal(after["state"][i][k], v)
+        return
+    assert mutation in ("none", "state name", "state huge") or (mutation == "lr" and value == 1e300)
+    if mutation == "state huge":  # float64 parameters: 1e300 fits, so it loads as it is
+        assert np.all(np.asarray(target.state_dict()["state"][0][saved_first]) != 0)
+
+
 # ----------------------------------------------------------------------------- the DataLoader
 
 
