@@ -78,7 +78,8 @@ def test_a_step_that_makes_a_weight_infinite_raises_and_is_never_checkpointed(tm
 
     snap = Snapshot()
     path = tmp_path / "run.npz"
-    message = "the step was undone" if undo else "the parameters now hold NaN/Inf"
+    message = "the step was undone: the parameters, the optimizer state and the loader" if undo \
+        else "the parameters now hold NaN/Inf"
     with pytest.raises(NonFiniteError, match=r"update at epoch 0, step 2 made a parameter NaN or Inf.*" + message) \
             as error:
         fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=1, scheduler=sched, scheduler_interval="step",
@@ -89,6 +90,7 @@ def test_a_step_that_makes_a_weight_infinite_raises_and_is_never_checkpointed(tm
         assert all(np.isfinite(w).all() for w in weights.values())
         _assert_same(weights, snap.weights)
         _assert_same(_opt_state(opt), snap.state)
+        assert loader.state_dict()["sample_offset"] == 16  # step 2's batch comes again
     else:  # the message is true: the weights hold the overflow
         assert not all(np.isfinite(w).all() for w in weights.values())
     saved = load_checkpoint(path)  # never the non-finite values
@@ -96,7 +98,7 @@ def test_a_step_that_makes_a_weight_infinite_raises_and_is_never_checkpointed(tm
     _assert_same(saved["model"], snap.weights)
 
 
-def test_the_first_step_failing_leaves_no_optimizer_state_and_no_checkpoint(tmp_path):
+def test_the_first_step_failing_is_undone_and_training_can_go_on(tmp_path):
     model, opt, loader = _run("Adam", lr=1e39)
     before = _weights(model)
     path = tmp_path / "run.npz"
@@ -105,6 +107,9 @@ def test_the_first_step_failing_leaves_no_optimizer_state_and_no_checkpoint(tmp_
             progress=False, undo_nonfinite_step=True)
     _assert_same(_weights(model), before)
     assert opt.state == {} and not path.exists()
+    opt.param_groups[0]["lr"] = 1e-3  # go on in the same process, from the same point
+    history = fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=1, progress=False)
+    assert history.steps["batch_size"] == [16, 16, 16, 16] and loader.epoch == 1
 
 
 def test_step_guard_restores_into_the_same_arrays():

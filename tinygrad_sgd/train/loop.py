@@ -224,9 +224,10 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     before the optimizer applies it. The parameters are checked after every step too (a
     finite gradient times a huge learning rate overflows): a step that made one NaN or Inf
     raises it before anything is logged or checkpointed, so a checkpoint never holds a
-    non-finite value. ``undo_nonfinite_step=True`` also restores the parameters and the
-    optimizer state from before that step (copies taken before every step; the cost is in
-    docs/benchmarks.md), so training can go on from them in the same process.
+    non-finite value. ``undo_nonfinite_step=True`` also restores the parameters, the
+    optimizer state and the loader's position from before that step (copies taken before
+    every step; the cost is in docs/benchmarks.md), so training can go on from there in
+    the same process (another ``fit`` call with a smaller learning rate).
 
     ``resume_from`` is all or nothing: when any piece of the checkpoint does not fit
     (another model, optimizer, scheduler or dataset), it raises and nothing has changed.
@@ -286,6 +287,8 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
             lr_scale *= factor
         started = time.perf_counter()
         in_group = 0  # micro-batches accumulated since the last optimizer step
+        # Where the loader stood before the group in progress: undo_nonfinite_step puts it back too.
+        before_group = train_loader.state_dict() if undo_nonfinite_step else None
         batches = _progress_bar(train_loader, len(train_loader), f"epoch {epoch + 1}/{epochs}", progress)
         for xb, yb in batches:
             output, loss = _predictions_and_loss(model, loss_fn, xb, yb)
@@ -323,15 +326,19 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
             optimizer.zero_grad()
             if not guard.finite():
                 undone = guard.restore()
+                if undone:
+                    train_loader.load_state_dict(before_group)  # the group's batches come again
                 raise NonFiniteError(
                     f"the update at epoch {epoch}, step {state.step + 1} made a parameter NaN or Inf (loss "
                     f"{loss_value:.6g} and gradient norm {grad_norm:.6g} were finite: is the learning rate {lr:g} "
-                    "too large?); " + ("the step was undone: the parameters and optimizer state keep their last "
-                                       "finite values" if undone else
+                    "too large?); " + ("the step was undone: the parameters, the optimizer state and the "
+                                       "loader's position are as before it" if undone else
                                        "the parameters now hold NaN/Inf; nothing of this step was logged or "
                                        "checkpointed (resume from the last checkpoint, or pass "
                                        "undo_nonfinite_step=True to restore the values from before the step)"),
                     epoch=epoch, step=state.step + 1, history=history)
+            if undo_nonfinite_step:
+                before_group = train_loader.state_dict()
             state.step += 1
             history.log_step(epoch=epoch, step=state.step, loss=loss_value, lr=lr, batch_size=n * in_group,
                              grad_norm=grad_norm)
