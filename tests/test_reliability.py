@@ -393,6 +393,23 @@ def test_cross_entropy_ignores_a_nan_row_whose_target_is_ignored(kw):
 
 
 @pytest.mark.skipif(torch is None, reason="needs torch")
+@pytest.mark.parametrize("kw", [{}, {"weight": [1.0, 2.0, 0.5]}, {"reduction": "none"}, {"reduction": "sum"}])
+def test_nll_loss_ignores_a_nan_row_whose_target_is_ignored(kw):
+    logp = np.array([[np.nan, -1.0, -2.0], [-0.5, -1.0, -1.5], [-np.inf, -0.1, -3.0]])
+    target = np.array([-100, 1, -100])
+    t_kw = {k: (torch.tensor(v, dtype=torch.float64) if k == "weight" else v) for k, v in kw.items()}
+    g_kw = {k: (tg.Tensor(np.array(v), dtype=np.float64) if k == "weight" else v) for k, v in kw.items()}
+    x_t = torch.tensor(logp, requires_grad=True)
+    expected = torch.nn.functional.nll_loss(x_t, torch.tensor(target), **t_kw)
+    x = tg.Tensor(logp, requires_grad=True, dtype=np.float64)
+    got = tg.nn.functional.nll_loss(x, tg.Tensor(target), **g_kw)
+    np.testing.assert_allclose(got.detach().numpy(), expected.detach().numpy(), rtol=1e-12)
+    got.sum().backward()
+    expected.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), x_t.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.skipif(torch is None, reason="needs torch")
 @pytest.mark.parametrize("shape,dim", [((0, 3), 0), ((0, 3), 1), ((3, 0), 1), ((3, 0), 0), ((2, 0, 4), 1)])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_softmax_of_an_empty_tensor_is_empty_as_in_torch(shape, dim, name):

@@ -543,7 +543,8 @@ class NLLLoss(Function):
         valid = target != ignore_index
         safe = xp.where(valid, target, 0)[:, None]
         w_y = (xp.ones(logp.shape[1], dtype=logp.dtype) if weight is None else weight)[safe[:, 0]] * valid
-        loss = -w_y * xp.take_along_axis(logp, safe, axis=1)[:, 0]
+        # select, not multiply by the zero weight: an ignored row's NaN gives 0 (torch)
+        loss = -w_y * xp.where(valid, xp.take_along_axis(logp, safe, axis=1)[:, 0], 0)
         self.safe, self.w_y, self.reduction = safe, w_y, reduction
         self.denominator = float(w_y.sum()) if reduction == "mean" else 1.0
         if reduction == "none":
