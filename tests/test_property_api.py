@@ -200,31 +200,40 @@ def test_conv2d_matches_torch_or_refuses_before_any_change(n, c_in, c_given, siz
 
 
 @SETTINGS
-@given(n=st.integers(0, 4), c=st.integers(1, 4), data=st.data(),
+@given(n=st.integers(0, 4), c=st.integers(1, 4), data=st.data(), name=st.sampled_from(["cross_entropy", "nll_loss"]),
        smoothing=st.sampled_from([0.0, 0.1, 1.0, 1.5, -0.1, float("nan")]),
-       reduction=st.sampled_from(["mean", "sum", "none", "avg"]), special=st.booleans())
-def test_cross_entropy_matches_torch_or_refuses_before_any_change(n, c, data, smoothing, reduction, special):
+       reduction=st.sampled_from(["mean", "sum", "none", "avg"]),
+       special=st.sampled_from(["none", "anywhere", "ignored row"]))
+def test_class_losses_match_torch_or_refuse_before_any_change(n, c, data, name, smoothing, reduction, special):
+    """cross_entropy (with label smoothing) and nll_loss, targets in and out of range and
+    ignore_index rows, NaN/Inf inputs."""
     rng = np.random.default_rng(data.draw(st.integers(0, 1000)))
     logits = rng.standard_normal((n, c))
-    if special and n:
-        logits[rng.integers(n), rng.integers(c)] = rng.choice([np.nan, np.inf, -np.inf])
-    target = np.array(data.draw(st.lists(st.integers(-101, c + 1), min_size=n, max_size=n)), dtype=np.int64)
+    targets = st.one_of(st.integers(0, c - 1), st.just(-100), st.integers(-101, c + 1))  # valid, ignored, any
+    target = np.array(data.draw(st.lists(targets, min_size=n, max_size=n)), dtype=np.int64)
+    if special != "none" and n:  # a NaN/Inf somewhere, or in a row whose target is ignored
+        row = rng.integers(n)
+        if special == "ignored row":
+            target[row] = -100
+        logits[row, rng.integers(c)] = rng.choice([np.nan, np.inf, -np.inf])
     x = tg_tensor(logits, requires_grad=True)
     before = snapshot(x)
+    kwargs = {"reduction": reduction}
+    if name == "cross_entropy":
+        kwargs["label_smoothing"] = smoothing
     # The library checks every argument, even where torch skips a check (an empty batch).
-    bad_argument = not 0.0 <= smoothing <= 1.0 or reduction not in ("mean", "sum", "none")
+    bad_argument = (name == "cross_entropy" and not 0.0 <= smoothing <= 1.0) or reduction not in ("mean", "sum", "none")
     try:
         if bad_argument:
             raise ValueError("refused by the library's argument checks")
-        expected = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(target),
-                                                     reduction=reduction, label_smoothing=smoothing)
+        expected = getattr(torch.nn.functional, name)(torch.from_numpy(logits), torch.from_numpy(target), **kwargs)
     except (IndexError, RuntimeError, ValueError):  # a target out of range, a bad smoothing or reduction
         event("refused")
         with pytest.raises(DOCUMENTED):
-            tg.nn.functional.cross_entropy(x, tg.Tensor(target), reduction=reduction, label_smoothing=smoothing)
+            getattr(tg.nn.functional, name)(x, tg.Tensor(target), **kwargs)
         assert_unchanged(before, x)
         return
-    got = tg.nn.functional.cross_entropy(x, tg.Tensor(target), reduction=reduction, label_smoothing=smoothing)
+    got = getattr(tg.nn.functional, name)(x, tg.Tensor(target), **kwargs)
     assert_like_torch(got, expected, np.float64)
 
 
