@@ -552,3 +552,27 @@ def test_loader_resume_with_another_batch_size_on_every_device(device):
     b.load_state_dict(a.state_dict())
     rest = [int(i) for _, yb in b for i in _host(yb)]
     assert sorted(seen + rest) == list(range(20)) and len(rest) == 11
+
+
+def test_a_scheduler_step_that_raises_changes_nothing():
+    p = tg.Tensor(np.ones(3), requires_grad=True)
+    opt = tg.optim.SGD([p], lr=0.1, momentum=0.9)
+
+    def factor(t):
+        if t == 2:
+            raise ZeroDivisionError("the user's function")
+        return 1.0 / (t + 1)
+
+    sched = tg.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched.step()
+    before = (sched.state_dict(), opt.param_groups[0]["lr"])
+    with pytest.raises(ZeroDivisionError):
+        sched.step()
+    assert sched.state_dict() == before[0] and opt.param_groups[0]["lr"] == before[1]
+
+    one_cycle = tg.optim.lr_scheduler.OneCycleLR(tg.optim.SGD([p], lr=0.1, momentum=0.9), max_lr=1.0, total_steps=2)
+    one_cycle.step(), one_cycle.step()
+    state = one_cycle.state_dict()
+    with pytest.raises(ValueError, match="total_steps is 2"):
+        one_cycle.step()
+    assert one_cycle.state_dict() == state

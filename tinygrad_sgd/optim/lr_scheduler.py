@@ -120,9 +120,18 @@ class LRScheduler:
         return list(self._last_lr)
 
     def step(self) -> None:
-        """Advance the schedule by one step (call it after ``optimizer.step()``)."""
-        self._step_count += 1
-        self._update_lr()
+        """Advance the schedule by one step (call it after ``optimizer.step()``).
+
+        When computing the new rates raises (a ``LambdaLR`` function's own error, a
+        ``OneCycleLR`` stepped past ``total_steps``), the counters are put back: the
+        scheduler and the groups' rates stay as they were."""
+        step_count, last_epoch = self._step_count, self.last_epoch
+        try:
+            self._step_count += 1
+            self._update_lr()
+        except BaseException:
+            self._step_count, self.last_epoch = step_count, last_epoch
+            raise
 
     def _update_lr(self, epoch: int | None = None) -> None:
         """Set the rates for the next step, or (``epoch`` given, SequentialLR's restart) for
