@@ -576,3 +576,14 @@ def test_a_scheduler_step_that_raises_changes_nothing():
     with pytest.raises(ValueError, match="total_steps is 2"):
         one_cycle.step()
     assert one_cycle.state_dict() == state
+
+
+def test_reduce_lr_on_plateau_names_a_bad_metric_and_changes_nothing():
+    opt = tg.optim.SGD([tg.Tensor(np.ones(3), requires_grad=True)], lr=0.1)
+    sched = tg.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+    sched.step(tg.Tensor(np.array(1.0)))
+    state = sched.state_dict()
+    for bad in ("abc", None, np.array([1.0, 2.0])):
+        with pytest.raises(TypeError, match="ReduceLROnPlateau.step: metrics must be a number"):
+            sched.step(bad)
+        assert sched.state_dict() == state

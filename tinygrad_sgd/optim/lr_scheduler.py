@@ -807,7 +807,11 @@ class ReduceLROnPlateau(LRScheduler):
 
     def step(self, metrics) -> None:  # type: ignore[override]  # torch's signature: takes a metric
         """Record one evaluation of the monitored metric (a number or a one-element Tensor)."""
-        current = float(metrics)
+        try:
+            current = float(metrics.item() if hasattr(metrics, "item") else metrics)
+        except (TypeError, ValueError):
+            raise TypeError(f"ReduceLROnPlateau.step: metrics must be a number or a one-element tensor, got "
+                            f"{type(metrics).__name__} {str(metrics)[:40]}") from None
         self.last_epoch += 1
         if self._is_better(current, self.best):
             self.best = current
