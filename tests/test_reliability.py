@@ -231,11 +231,15 @@ def test_a_refused_resume_changes_nothing(tmp_path, case):
     _assert_same(tg.rng.get_rng_state(), before[3])
 
 
-def test_a_malformed_loop_entry_is_refused_before_anything_is_loaded(tmp_path):
+@pytest.mark.parametrize("change", [
+    lambda loop: loop.pop("epoch_sums"), lambda loop: loop["epoch_sums"].update(loss="x"),
+    lambda loop: loop["epoch_sums"].pop("time"), lambda loop: loop.update(step=-1),
+    lambda loop: loop.update(lr_scale=float("nan")), lambda loop: loop.update(step=2.5)])
+def test_a_malformed_loop_entry_is_refused_before_anything_is_loaded(tmp_path, change):
     from tinygrad_sgd.train.checkpoint import save_checkpoint
     path = _checkpoint(tmp_path)
     saved = load_checkpoint(path)
-    del saved["loop"]["epoch_sums"]
+    change(saved["loop"])
     save_checkpoint(path, saved)
     model, opt, loader = _run(lr=0.1)
     before = _weights(model)

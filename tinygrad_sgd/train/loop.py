@@ -413,8 +413,14 @@ def _restore(saved: dict, model, optimizer, scheduler, loader, history: History,
         raise ValueError("the checkpoint was written " + ("without" if saved["scheduler"] is None else "with")
                          + " a scheduler, but this run " + ("has one" if scheduler is not None else "has none"))
     loop = saved["loop"]
+    number = (int, float)
     if not isinstance(loop, dict) or not {"step", "epoch_sums", "lr_scale"} <= set(loop) \
-            or not isinstance(loop["epoch_sums"], dict):
+            or not isinstance(loop["epoch_sums"], dict) \
+            or set(loop["epoch_sums"]) != {"loss", "correct", "samples", "time"} \
+            or not all(isinstance(v, number) and not isinstance(v, bool) for v in loop["epoch_sums"].values()) \
+            or not isinstance(loop["step"], int) or isinstance(loop["step"], bool) or loop["step"] < 0 \
+            or not isinstance(loop["lr_scale"], number) or not math.isfinite(loop["lr_scale"]) \
+            or loop["lr_scale"] <= 0:
         raise ValueError("the checkpoint's 'loop' entry is malformed: not written by tg.train.fit")
     pieces = [(model, saved["model"]), (optimizer, saved["optimizer"])]
     if scheduler is not None:
