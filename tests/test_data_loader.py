@@ -253,7 +253,7 @@ def test_resume_mid_epoch_yields_exactly_the_uninterrupted_batches(stop_after):
     first = fresh()
     seen, state = [], None
     while len(seen) < stop_after:
-        for xb, yb in first:
+        for _, yb in first:
             seen.append(yb.numpy().tolist())
             if len(seen) == stop_after:
                 state = json.loads(json.dumps(first.state_dict()))  # survives a JSON checkpoint

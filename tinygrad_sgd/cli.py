@@ -206,7 +206,7 @@ def command_compare(args) -> int:
         print(f"{device:>7}: {np.median(epoch_times):.3f} s/epoch (median of {len(epoch_times)}), "
               f"final val accuracy {history.epochs[-1].get('val_accuracy', float('nan')):.4f}")
     if len(devices) == 2:
-        (h_cpu, t_cpu, p_cpu), (h_gpu, t_gpu, p_gpu) = runs["cpu"], runs["cuda:0"]
+        (h_cpu, _, p_cpu), (h_gpu, _, p_gpu) = runs["cpu"], runs["cuda:0"]
         loss_drift = np.max(np.abs(np.array(h_cpu.steps["loss"]) - np.array(h_gpu.steps["loss"])))
         param_drift = max(float(np.max(np.abs(p_cpu[k] - p_gpu[k]))) for k in p_cpu)
         cpu_epoch = np.median([r["time_s"] for r in h_cpu.epochs])

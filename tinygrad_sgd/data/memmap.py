@@ -68,7 +68,7 @@ class _NpyShard:
         """Fill ``out[k]`` with row ``rows[k]``; ``rows`` sorted, unique, in range."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        buffer = memoryview(out).cast("B")
+        buffer = out.data.cast("B")  # a byte view of out's memory
         fd, row_bytes = self._fd, self.row_bytes
         # Runs of consecutive rows: each is one read.
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1

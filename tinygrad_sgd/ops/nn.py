@@ -25,7 +25,6 @@ import numpy as np
 from .. import backend
 from ..autograd.engine import Function, is_grad_enabled
 from ..sparse import SparseRowGrad
-from ..tensor import Tensor
 from .common import constant
 from .shape import IndexAdd
 

@@ -60,7 +60,7 @@ def _encode(value, arrays: dict, path: str):
                 raise TypeError(f"checkpoint: dict key {k!r} at {path} must be a string or an integer")
             entries.append([k if isinstance(k, str) else int(k), _encode(v, arrays, f"{path}.{k}")])
         return {"__dict__": entries}
-    if hasattr(value, "data") and backend.is_array(getattr(value, "data")):  # a Tensor
+    if hasattr(value, "data") and backend.is_array(value.data):  # a Tensor
         return _encode(value.data, arrays, path)
     raise TypeError(f"checkpoint: cannot store a {type(value).__name__} at {path}")
 
@@ -89,8 +89,8 @@ def save_checkpoint(path, state: dict) -> None:
     handle, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=directory)
     try:
         with os.fdopen(handle, "wb") as file:
-            np.savez(file, **{_FORMAT_KEY: np.array(FORMAT), _STRUCTURE_KEY: np.array(json.dumps(structure))},
-                     **arrays)
+            np.savez(file, **{_FORMAT_KEY: np.array(FORMAT), _STRUCTURE_KEY: np.array(json.dumps(structure)),
+                              **arrays})
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

@@ -96,7 +96,7 @@ class EarlyStopping(Callback):
         self.restore_best = restore_best
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = None
-        self.best_state = None
+        self.best_state: dict | None = None
         self.bad_epochs = 0
 
     def on_epoch_end(self, state: TrainState, record: dict) -> None:
@@ -130,7 +130,8 @@ def evaluate(model, loader, loss_fn=None, metrics=("accuracy",)) -> dict:
     in eval mode and without recording a graph. The loader's position is left as it was."""
     unknown = [m for m in metrics if m not in CLASSIFICATION_METRICS and m not in REGRESSION_METRICS]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {sorted({**CLASSIFICATION_METRICS, **REGRESSION_METRICS})}")
+        known = sorted({**CLASSIFICATION_METRICS, **REGRESSION_METRICS})
+        raise ValueError(f"unknown metrics {unknown}; choose from {known}")
     was_training = model.training
     model.eval()
     saved_position = loader.state_dict() if hasattr(loader, "state_dict") else None
