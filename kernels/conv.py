@@ -24,6 +24,8 @@ Padding is handled by bounds checks inside the loops: no padded copy of the inpu
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -126,7 +128,7 @@ def max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
                 for yy in range(y_start, y_stop):
                     for xx in range(x_start, x_stop):
                         value = x[n, c, yy, xx]
-                        if value > best or np.isnan(value):
+                        if value > best or math.isnan(value):
                             best = value
                             where = yy * width + xx
                 out[n, c, y, xo] = best
@@ -137,7 +139,7 @@ def max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
 def max_pool_2x2(x, sh, sw, out, argmax):
     """:func:`max_pool` for the common 2x2 window without padding, written out so the
     compiler unrolls it (a window loop of unknown length costs 3x as much)."""
-    batch, channels, height, width = x.shape
+    batch, channels, _, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
     for plane in prange(batch * channels):
         n = plane // channels
@@ -151,7 +153,7 @@ def max_pool_2x2(x, sh, sw, out, argmax):
                         yy = y * sh + i
                         xx = xo * sw + j
                         value = x[n, c, yy, xx]
-                        if value > best or value != value:
+                        if value > best or math.isnan(value):
                             best = value
                             where = yy * width + xx
                 out[n, c, y, xo] = best

@@ -29,10 +29,10 @@ def available(*arrays) -> bool:
     for a in arrays[1:]:
         if a is not None and (type(a) is not np.ndarray or a.dtype != first.dtype):
             return False
-    return _kernel_module("conv") is not None
+    return kernel_module("conv") is not None
 
 
-def _kernel_module(name: str):
+def kernel_module(name: str):
     """``tinygrad_sgd.kernels.<name>``, imported on first use (None without Numba)."""
     if name not in _modules:
         try:
@@ -55,7 +55,7 @@ def _launch(size: int):
 
 def im2col(x, geometry, out_hw: tuple):
     """``cols`` of shape ``(C*kh*kw, N*Ho*Wo)`` (see ``kernels/conv.py`` for the layout)."""
-    k = _kernel_module("conv")
+    k = kernel_module("conv")
     n, c = x.shape[:2]
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
     top, _, left, _ = geometry.pads
@@ -71,7 +71,7 @@ def nchw_to_rows(grad):
     n, o = grad.shape[:2]
     rows = np.empty((o, grad.size // o), dtype=grad.dtype)
     with _launch(rows.size) as run:
-        run(_kernel_module("conv").nchw_to_rows)(np.ascontiguousarray(grad).reshape(n, o, -1), rows)
+        run(kernel_module("conv").nchw_to_rows)(np.ascontiguousarray(grad).reshape(n, o, -1), rows)
     return rows
 
 
@@ -85,7 +85,7 @@ def conv_forward(x, weight, bias, geometry):
     out = np.empty((n, out_channels, ho * wo), dtype=x.dtype)
     use_bias = bias is not None
     with _launch(out.size) as run:
-        run(_kernel_module("conv").rows_to_nchw)(rows, bias if use_bias else out[0, :, 0], use_bias, out)
+        run(kernel_module("conv").rows_to_nchw)(rows, bias if use_bias else out[0, :, 0], use_bias, out)
     return out.reshape(n, out_channels, ho, wo), cols
 
 
@@ -105,7 +105,7 @@ def conv_input_grad(grad_out, weight, x_shape: tuple, geometry):
     top, _, left, _ = geometry.pads
     out = np.empty(x_shape, dtype=grad_out.dtype)
     with _launch(cols.size) as run:
-        run(_kernel_module("conv").col2im)(cols, kh, kw, sh, sw, top, left, dh, dw, ho, wo, out)
+        run(kernel_module("conv").col2im)(cols, kh, kw, sh, sw, top, left, dh, dw, ho, wo, out)
     return out
 
 
@@ -125,16 +125,16 @@ def max_pool(x, geometry):
     argmax = np.empty((n, c, ho, wo), dtype=np.int32 if x.shape[2] * x.shape[3] < 2 ** 31 else np.int64)
     with _launch(x.size) as run:
         if geometry.kernel == (2, 2) and not any(geometry.pads):
-            run(_kernel_module("conv").max_pool_2x2)(np.ascontiguousarray(x), *geometry.stride, out, argmax)
+            run(kernel_module("conv").max_pool_2x2)(np.ascontiguousarray(x), *geometry.stride, out, argmax)
         else:
-            run(_kernel_module("conv").max_pool)(np.ascontiguousarray(x), *_pool_args(geometry), out, argmax)
+            run(kernel_module("conv").max_pool)(np.ascontiguousarray(x), *_pool_args(geometry), out, argmax)
     return out, argmax
 
 
 def max_pool_backward(grad, argmax, x_shape: tuple):
     out = np.empty(x_shape, dtype=grad.dtype)
     with _launch(out.size) as run:
-        run(_kernel_module("conv").max_pool_backward)(np.ascontiguousarray(grad), argmax, out)
+        run(kernel_module("conv").max_pool_backward)(np.ascontiguousarray(grad), argmax, out)
     return out
 
 
@@ -143,7 +143,7 @@ def avg_pool(x, geometry, count_include_pad: bool):
     ho, wo = geometry.out_hw(*x.shape[2:])
     out = np.empty((n, c, ho, wo), dtype=x.dtype)
     with _launch(x.size) as run:
-        run(_kernel_module("conv").avg_pool)(np.ascontiguousarray(x), *_pool_args(geometry),
+        run(kernel_module("conv").avg_pool)(np.ascontiguousarray(x), *_pool_args(geometry),
                                              bool(count_include_pad), out)
     return out
 
@@ -151,6 +151,18 @@ def avg_pool(x, geometry, count_include_pad: bool):
 def avg_pool_backward(grad, x_shape: tuple, geometry, count_include_pad: bool):
     out = np.empty(x_shape, dtype=grad.dtype)
     with _launch(out.size) as run:
-        run(_kernel_module("conv").avg_pool_backward)(np.ascontiguousarray(grad), *_pool_args(geometry),
+        run(kernel_module("conv").avg_pool_backward)(np.ascontiguousarray(grad), *_pool_args(geometry),
                                                       bool(count_include_pad), out)
+    return out
+
+
+# ----------------------------------------------------------------------------- embedding
+
+
+def embedding_backward(rows, index, shape: tuple, padding_idx):
+    """The dense gradient of an embedding table: zeros of ``shape`` with ``rows`` added
+    at ``index`` (``padding_idx``'s rows skipped)."""
+    out = np.zeros(shape, dtype=rows.dtype)
+    kernel_module("scatter").scatter_add_rows(np.ascontiguousarray(rows), np.ascontiguousarray(index),
+                                              -1 if padding_idx is None else padding_idx, out)
     return out
