@@ -81,6 +81,18 @@ def test_engine_ab_runs_an_earlier_revision_beside_this_tree():
     assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
 
 
+def test_gpu_scripts_run_without_a_gpu():
+    """gpu_check.sh is valid bash; gpu_bandwidth.py says there is nothing to measure."""
+    if shutil.which("bash") is not None:
+        subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_check.sh")], check=True)
+    if tg.gpu_available():
+        pytest.skip("a GPU is present: benchmarks/gpu_check.sh runs gpu_bandwidth.py for real")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_bandwidth.py")], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "no CUDA GPU" in result.stdout
+
+
 @pytest.mark.parametrize("name", ["cnn", "lstm", "mf", "mf_sparse"])
 def test_example_models_engine_and_torch_take_the_same_steps(monkeypatch, name):
     """example_models.py's two steps start from the same weights and compute the same

@@ -31,7 +31,6 @@ import numpy as np
 from .. import backend
 from ..autograd.engine import Function, is_grad_enabled
 from ..sparse import SparseRowGrad
-from ..tensor import Tensor
 from . import cpu_kernels
 from .common import constant
 from .shape import IndexAdd
@@ -457,14 +456,16 @@ class CrossEntropy(Function):
             return -picked.sum() / self.denominator if reduction == "mean" else -picked.sum()
         valid = target != ignore_index
         safe = xp.where(valid, target, 0)[:, None]
-        picked = xp.take_along_axis(logp, safe, axis=1)[:, 0]
+        # An ignored row contributes 0 even when its logits are NaN (torch): select, do not
+        # multiply by a zero weight (0 * NaN is NaN).
+        picked = xp.where(valid, xp.take_along_axis(logp, safe, axis=1)[:, 0], 0)
         class_w = xp.ones(classes, dtype=logits.dtype) if weight is None else weight
         w_y = class_w[safe[:, 0]] * valid  # 0 for ignored targets
         e = label_smoothing
         loss = -(1.0 - e) * w_y * picked
         w_shape = (1, -1) + (1,) * (logits.ndim - 2)
         if e > 0:
-            loss = loss - (e / classes) * (logp * class_w.reshape(w_shape)).sum(axis=1) * valid
+            loss = loss - (e / classes) * xp.where(valid, (logp * class_w.reshape(w_shape)).sum(axis=1), 0)
         self.logp, self.safe, self.valid, self.w_y = logp, safe, valid, w_y
         self.class_w, self.w_shape, self.e, self.reduction = class_w, w_shape, e, reduction
         self.denominator = float(w_y.sum()) if reduction == "mean" else 1.0
