@@ -185,3 +185,20 @@ def test_conv2d_kernel_reads_non_contiguous_input(rng):
     got = F.conv2d(tg.Tensor.from_array(x), tg.Tensor.from_array(w), padding=1).data
     with_copy = F.conv2d(tg.Tensor.from_array(np.ascontiguousarray(x)), tg.Tensor.from_array(w), padding=1).data
     np.testing.assert_array_equal(got, with_copy)
+
+
+def test_conv_and_pool_ops_give_the_cpu_kernels_results_on_every_device(device, rng):
+    """On ``cuda`` the ops run their array code on CuPy; the CPU runs the kernels."""
+    from tinygrad_sgd import backend
+
+    x_np = rng.standard_normal((2, 3, 9, 8))
+    w_np, b_np = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    results = []
+    for where in ("cpu", device):
+        x, w, b = (tg.Tensor(a, dtype=tg.float64, requires_grad=True, device=where) for a in (x_np, w_np, b_np))
+        y = F.conv2d(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2)).relu()
+        out = F.max_pool2d(y, 2) + F.avg_pool2d(y, 3, 2, 1, count_include_pad=False)[..., :2, :1]
+        (out * out).sum().backward()
+        results.append([backend.to_numpy(t) for t in (out.data, x.grad.data, w.grad.data, b.grad.data)])
+    for got, expected in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)

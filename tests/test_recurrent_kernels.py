@@ -143,3 +143,26 @@ def test_embedding_backward_kernel_equals_add_at(rng, monkeypatch):
         ref = torch.nn.Embedding(6, 5, padding_idx=padding_idx).double()
         ref(torch.tensor(index)).backward(torch.tensor(upstream))
         np.testing.assert_allclose(grads[0], ref.weight.grad.numpy(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_recurrent_op_gives_the_cpu_kernels_results_on_every_device(kind, device, rng):
+    """On ``cuda`` the op runs its array step functions on CuPy; the CPU runs the kernels."""
+    from tinygrad_sgd import backend
+
+    tg.manual_seed(0)
+    layer = getattr(nn, kind)(3, 4, num_layers=2, batch_first=True, bidirectional=True, dtype=tg.float64)
+    x_np = rng.standard_normal((2, 5, 3))
+    results = []
+    for where in ("cpu", device):
+        layer.to(where)
+        for p in layer.parameters():
+            p.grad = None
+        x = tg.Tensor(x_np, dtype=tg.float64, requires_grad=True, device=where)
+        out, final = layer(x)
+        h_n = final[0] if kind == "LSTM" else final
+        ((out * out).sum() + h_n.sum()).backward()
+        results.append([backend.to_numpy(out.data), backend.to_numpy(x.grad.data)]
+                       + [backend.to_numpy(p.grad.data) for p in layer.parameters()])
+    for got, expected in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
