@@ -179,6 +179,33 @@ def max_pool_backward(grad, argmax, out):
 
 
 @njit(**_OPTIONS)
+def max_pool_2x2_backward(grad, argmax, out):
+    """:func:`max_pool_backward` for 2x2 windows at stride 2 (they tile the input): one pass
+    that writes every element once -- the gradient at each window's chosen element, zero
+    at the other three and in an odd last row or column."""
+    batch, channels, height, width = out.shape
+    ho, wo = grad.shape[2], grad.shape[3]
+    zero = out.dtype.type(0)
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        for y in range(ho):
+            for i in range(2):
+                yy = 2 * y + i
+                for xo in range(wo):
+                    where = argmax[n, c, y, xo]
+                    g = grad[n, c, y, xo]
+                    for j in range(2):
+                        xx = 2 * xo + j
+                        out[n, c, yy, xx] = g if where == yy * width + xx else zero
+                for xx in range(2 * wo, width):
+                    out[n, c, yy, xx] = zero
+        for yy in range(2 * ho, height):
+            for xx in range(width):
+                out[n, c, yy, xx] = zero
+
+
+@njit(**_OPTIONS)
 def avg_pool(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
     """Mean over each window; the divisor is ``kh*kw``, or with ``count_include_pad``
     False the number of the window's elements inside the input."""

@@ -89,7 +89,8 @@ def test_conv2d_kernels_gradcheck_and_second_derivatives(shape, out_channels, ke
 
 
 POOL_CASES = [  # (x shape, kernel, stride, padding)
-    ((2, 3, 8, 8), 2, None, 0),
+    ((2, 3, 8, 8), 2, None, 0),  # 2x2 tiles: the one-pass backward
+    ((2, 2, 7, 9), 2, 2, 0),     # ... with an odd last row and column that no window covers
     ((2, 2, 7, 9), 3, 2, 1),     # overlapping windows, padding
     ((1, 1, 5, 5), 3, 1, 1),     # every pixel in up to 9 windows
     ((2, 2, 6, 7), (2, 3), (1, 2), (1, 0)),

@@ -89,18 +89,20 @@ def conv_forward(x, weight, bias, geometry):
     return out.reshape(n, out_channels, ho, wo), cols
 
 
-def conv_weight_grad(x, grad_out, geometry, cols=None):
+def conv_weight_grad(x, grad_out, geometry, cols=None, grad_rows=None):
     """``dW = g (O, N*Ho*Wo) @ cols^T``, reshaped to the weight's shape."""
     out_channels, ho, wo = grad_out.shape[1:]
     if cols is None:
         cols = im2col(x, geometry, (ho, wo))
-    return (nchw_to_rows(grad_out) @ cols.T).reshape((out_channels, x.shape[1]) + tuple(geometry.kernel))
+    rows = nchw_to_rows(grad_out) if grad_rows is None else grad_rows
+    return (rows @ cols.T).reshape((out_channels, x.shape[1]) + tuple(geometry.kernel))
 
 
-def conv_input_grad(grad_out, weight, x_shape: tuple, geometry):
+def conv_input_grad(grad_out, weight, x_shape: tuple, geometry, grad_rows=None):
     """``col2im(W^T @ g)``: the transposed convolution."""
     out_channels, ho, wo = grad_out.shape[1:]
-    cols = weight.reshape(out_channels, -1).T @ nchw_to_rows(grad_out)
+    rows = nchw_to_rows(grad_out) if grad_rows is None else grad_rows
+    cols = weight.reshape(out_channels, -1).T @ rows
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
     top, _, left, _ = geometry.pads
     out = np.empty(x_shape, dtype=grad_out.dtype)
@@ -131,10 +133,12 @@ def max_pool(x, geometry):
     return out, argmax
 
 
-def max_pool_backward(grad, argmax, x_shape: tuple):
+def max_pool_backward(grad, argmax, x_shape: tuple, geometry):
     out = np.empty(x_shape, dtype=grad.dtype)
+    tiles = geometry.kernel == (2, 2) and geometry.stride == (2, 2) and not any(geometry.pads)
     with _launch(out.size) as run:
-        run(kernel_module("conv").max_pool_backward)(np.ascontiguousarray(grad), argmax, out)
+        kernel = kernel_module("conv").max_pool_2x2_backward if tiles else kernel_module("conv").max_pool_backward
+        run(kernel)(np.ascontiguousarray(grad), argmax, out)
     return out
 
 
