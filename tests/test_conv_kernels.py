@@ -203,3 +203,15 @@ def test_conv_and_pool_ops_give_the_cpu_kernels_results_on_every_device(device, 
         results.append([backend.to_numpy(t) for t in (out.data, x.grad.data, w.grad.data, b.grad.data)])
     for got, expected in zip(results[1], results[0]):
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_keep_freed_memory_sets_glibc_malloc_and_can_be_turned_off(monkeypatch):
+    import sys
+
+    monkeypatch.setenv("TINYGRAD_SGD_KEEP_FREED_MEMORY", "0")
+    assert cpu_kernels.keep_freed_memory() is False
+    monkeypatch.delenv("TINYGRAD_SGD_KEEP_FREED_MEMORY")
+    import platform
+
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert cpu_kernels.keep_freed_memory() is True

@@ -7,9 +7,14 @@ tests hold the kernels equal to, and the code that runs on CuPy arrays (GPU). An
 the fast path when :func:`available` says so: NumPy float32/float64 arrays, Numba
 importable, and the switch ``enabled`` on. Set ``tinygrad_sgd.ops.cpu_kernels.enabled =
 False`` to run every op on its reference code (the tests do, to compare).
+
+The first use also asks glibc's malloc to keep freed memory (:func:`keep_freed_memory`).
 """
 
 from __future__ import annotations
+
+import ctypes
+import os
 
 import numpy as np
 
@@ -34,6 +39,8 @@ def available(*arrays) -> bool:
 
 def kernel_module(name: str):
     """``tinygrad_sgd.kernels.<name>``, imported on first use (None without Numba)."""
+    if not _modules:
+        keep_freed_memory()
     if name not in _modules:
         try:
             import importlib
@@ -42,6 +49,31 @@ def kernel_module(name: str):
         except ImportError:
             _modules[name] = None
     return _modules[name]
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse; True when it was set.
+
+    A training step allocates and frees the same large arrays every step (activations,
+    im2col columns, gradients: tens of MiB for the CIFAR-shaped CNN). By default glibc
+    serves large allocations with fresh pages from the OS and hands freed heap tops back,
+    so every step page-faults its arrays in anew, a sizeable part of a CNN step (figures
+    in docs/benchmarks.md). After this call, allocations up to 32 MiB come from
+    the heap, and up to 512 MiB of freed heap is kept. The cost: the process's resident
+    memory stays near its high-water mark. ``TINYGRAD_SGD_KEEP_FREED_MEMORY=0`` leaves
+    malloc alone; elsewhere than glibc this does nothing.
+    """
+    if os.environ.get("TINYGRAD_SGD_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc's; absent on macOS, Windows, musl
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 512 << 20))
 
 
 def _launch(size: int):
