@@ -265,11 +265,11 @@ class RecurrentLayer(Function):
             grads[k] = constant(flat.T @ self.x2d, x)
         if needs[k + 1]:
             grads[k + 1] = constant(flat_h.T @ h_prev.reshape(steps * batch, hidden), x)
-        if self.has_bias:
-            if needs[k + 2]:
-                grads[k + 2] = constant(flat.sum(axis=0), x)
-            if needs[k + 3]:
-                grads[k + 3] = constant(flat_h.sum(axis=0), x)
+        if self.has_bias and (needs[k + 2] or needs[k + 3]):
+            db_ih = flat.sum(axis=0)
+            db_hh = flat_h.sum(axis=0) if gru else db_ih.copy()  # (the same sum unless GRU)
+            grads[k + 2] = constant(db_ih, x) if needs[k + 2] else None
+            grads[k + 3] = constant(db_hh, x) if needs[k + 3] else None
         return tuple(grads)
 
     def _backward_by_composition(self, grad):
