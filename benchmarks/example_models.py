@@ -262,20 +262,22 @@ def time_steps(name: str, s: dict, rounds: int, steps: int) -> dict:
     return {k: (statistics.median(wall), statistics.median(cpu)) for k, (wall, cpu) in times.items()}
 
 
-def time_epoch(name: str, s: dict) -> dict:
-    """Seconds for one epoch of ``epoch_samples`` synthetic samples, each framework once
-    (the engine first, then torch)."""
+def time_epoch(name: str, s: dict, chunk: int = 25) -> tuple:
+    """Seconds for one epoch of ``epoch_samples`` synthetic samples, per framework, and the
+    sample count. Both frameworks run the whole epoch, interleaved ``chunk`` steps at a
+    time (so a change of machine load hits both alike); each one's time is summed."""
     engine_step, torch_step = build(name, s)
     batches = _batches(make_data(name, s, s["epoch_samples"], seed=1), s["batch"])
     runs = {"engine": engine_step} if torch_step is None else {"engine": engine_step, "torch": torch_step}
-    out = {}
-    for key, run in runs.items():
+    out = dict.fromkeys(runs, 0.0)
+    for run in runs.values():
         run(batches[0])  # warm-up
-        time.sleep(SETTLE_S)
-        start = time.perf_counter()
-        for b in batches:
-            run(b)
-        out[key] = time.perf_counter() - start
+    for first in range(0, len(batches), chunk):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            for b in batches[first:first + chunk]:
+                run(b)
+            out[key] += time.perf_counter() - start
     return out, len(batches) * s["batch"]
 
 
