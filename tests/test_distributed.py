@@ -235,3 +235,22 @@ def test_an_exception_on_one_rank_aborts_both_instead_of_hanging(tmp_path):
     assert result.returncode != 0
     assert "rank=2 must be in [0, num_replicas=2)" in result.stderr
     assert "aborting all 2 ranks" in result.stderr
+
+
+def test_cli_train_on_two_ranks_writes_one_run_folder(tmp_path):
+    result = run_mpi([sys.executable, "-m", "tinygrad_sgd", "train", "--epochs", "1", "--hidden", "16",
+                      "--run-dir", str(tmp_path / "run")], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("batch 32 (2 processes x 16 per process)") == 1  # rank 0 alone speaks
+    assert result.stdout.count("test accuracy") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.npz", "history.csv",
+                                                                    "history_steps.csv", "loss.png"]
+
+
+def test_cli_batch_that_does_not_divide_among_the_ranks_fails_on_every_rank(tmp_path):
+    result = run_mpi([sys.executable, "-m", "tinygrad_sgd", "train", "--batch-size", "33"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    message = "tinygrad-sgd: error: --batch-size 33 (the global batch) does not divide among the 2 processes"
+    assert result.stderr.count(message) == 2
+    assert not any(tmp_path.iterdir())

@@ -367,3 +367,87 @@ def broadcast_object(obj, src: int = 0):
     if isinstance(src, bool) or not isinstance(src, (int, np.integer)) or not 0 <= src < group.size:
         raise ValueError(f"broadcast_object: src must be a rank in [0, {group.size}), got {src!r}")
     return obj if group.comm is None else group.comm.bcast(obj, root=int(src))
+
+
+# ----------------------------------------------------------------------------- what fit needs
+
+
+class TrainingSync:
+    """What :func:`tg.train.fit` needs to train data-parallel: one object, so the loop stays
+    readable (it calls these methods; in a world of one they do nothing).
+
+    Training is data-parallel when the model is a ``DistributedDataParallel`` in a group of
+    more than one rank. The training loader must then hand each rank its own share (a
+    ``DistributedSampler`` for this rank), with the same number of batches on every rank; a
+    violation raises the same error on every rank. Then:
+
+    * ``backward(loss, last)``: the micro-batches of gradient accumulation run under
+      ``no_sync()``; the last one reduces. With a fused optimizer the gradients are *summed*
+      and ``grad_divisor`` (the world size) goes into the step's ``grad_scale``, so the
+      averaging happens inside the fused update; the reference optimizer (``fused=False``)
+      gets averaged gradients, divided by DDP.
+    * ``global_batch(loss, n, correct)``: the mean loss, sample count and correct count of
+      the whole global batch (one small all-reduce per micro-batch), so the non-finite check,
+      the history and the epoch metrics are the same on every rank and equal what one process
+      on the global batch would record.
+    * ``is_main``: rank 0, the only one that logs and writes checkpoints.
+
+    A plain model trains on each rank on its own (federated clients, local SGD between
+    averagings), as in one process.
+    """
+
+    def __init__(self, model, optimizer, train_loader, *, noise_scale: bool = False):
+        from .data.sampler import DistributedSampler
+        from .nn.parallel import DistributedDataParallel
+
+        self.world_size = get_world_size() if isinstance(model, DistributedDataParallel) else 1
+        self.is_main = self.world_size == 1 or get_rank() == 0
+        self.ddp = None
+        self.summed = False
+        if self.world_size == 1:
+            return
+        problem = None
+        sampler = getattr(train_loader, "sampler", None)
+        if not isinstance(sampler, DistributedSampler):
+            problem = (f"fit on {self.world_size} processes needs a training loader with a "
+                       f"tg.data.DistributedSampler (each rank its own share), got {type(sampler).__name__}")
+        elif sampler.num_replicas != self.world_size or sampler.rank != get_rank():
+            problem = (f"the DistributedSampler has num_replicas={sampler.num_replicas}, rank={sampler.rank}; "
+                       f"this process is rank {get_rank()} of {self.world_size}")
+        elif noise_scale:
+            problem = "noise_scale=True measures one process's micro-batches; it is not available on several ranks"
+        check_on_all_ranks(problem)
+        lengths = all_gather_object(len(train_loader))
+        check_on_all_ranks(None if len(set(lengths)) == 1 else
+                           f"the ranks' training loaders have different numbers of batches {lengths}; data-parallel "
+                           "steps must stay in lock step (use the same dataset, batch size and DistributedSampler)")
+        self.ddp = model
+        self.summed = bool(getattr(optimizer, "fused", False))
+
+    @property
+    def grad_divisor(self) -> int:
+        """What the reduced ``.grad`` must still be divided by (the world size when summed)."""
+        return self.world_size if self.summed else 1
+
+    def backward(self, loss, last: bool) -> None:
+        if self.ddp is None:
+            loss.backward()
+            return
+        ddp = self.ddp
+        average = ddp.average
+        object.__setattr__(ddp, "average", not self.summed)
+        try:
+            if last:
+                loss.backward()
+            else:
+                with ddp.no_sync():
+                    loss.backward()
+        finally:
+            object.__setattr__(ddp, "average", average)
+
+    def global_batch(self, loss_value: float, n: int, correct: int) -> tuple:
+        """``(mean loss, samples, correct)`` over the global batch (this rank's in a world of one)."""
+        if self.world_size == 1:
+            return loss_value, n, correct
+        totals = all_reduce(np.array([loss_value * n, n, correct], dtype=np.float64))
+        return float(totals[0] / totals[1]), int(totals[1]), int(totals[2])

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from .. import backend, rng
+from .. import backend, distributed, rng
 from ..nn.utils import GradientNoiseScale, grad_scale_for_step
 from ..optim.lr_scheduler import ReduceLROnPlateau
 from ..tensor import no_grad
@@ -234,6 +234,8 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     for callback in callbacks:
         if not isinstance(callback, Callback):
             raise TypeError(f"callbacks must be tg.train.Callback instances, got {type(callback).__name__}")
+    # Several MPI ranks (a DistributedDataParallel model): reduced gradients and metrics, rank 0 writes.
+    sync = distributed.TrainingSync(model, optimizer, train_loader, noise_scale=noise_scale)
     plateau = isinstance(scheduler, ReduceLROnPlateau)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     history = History()
@@ -249,6 +251,8 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         epoch_sums, lr_scale = dict(saved["loop"]["epoch_sums"]), saved["loop"]["lr_scale"]
 
     def checkpoint() -> None:
+        if not sync.is_main:
+            return
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -268,29 +272,32 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
             lr_scale *= factor
         started = time.perf_counter()
         in_group = 0  # micro-batches accumulated since the last optimizer step
-        batches = _progress_bar(train_loader, len(train_loader), f"epoch {epoch + 1}/{epochs}", progress)
+        batches = _progress_bar(train_loader, len(train_loader), f"epoch {epoch + 1}/{epochs}",
+                                progress and sync.is_main)
         for xb, yb in batches:
             output, loss = _predictions_and_loss(model, loss_fn, xb, yb)
-            loss_value = float(loss.item())
+            correct = int((output.data.argmax(axis=1) == yb.data).sum()) \
+                if output.ndim == 2 and yb.dtype.kind in "iu" else 0
+            # the global batch's loss, samples and correct count (this batch's in one process)
+            loss_value, n, correct = sync.global_batch(float(loss.item()), xb.shape[0], correct)
             if not math.isfinite(loss_value):
                 optimizer.zero_grad()
                 raise NonFiniteError(f"non-finite loss {loss_value} at epoch {epoch}, step {state.step + 1}; "
                                      "the parameters keep their last finite values", epoch=epoch,
                                      step=state.step + 1, history=history)
-            loss.backward()
+            sync.backward(loss, last=in_group + 1 == accumulation_steps or train_loader.epoch != epoch)
             in_group += 1
             if noise is not None:
                 noise.add(params)
-            n = xb.shape[0]
             epoch_sums["loss"] += loss_value * n
             epoch_sums["samples"] += n
-            if output.ndim == 2 and yb.dtype.kind in "iu":
-                epoch_sums["correct"] += int((output.data.argmax(axis=1) == yb.data).sum())
+            epoch_sums["correct"] += correct
             group_done = in_group == accumulation_steps or train_loader.epoch != epoch
             if not group_done:
                 continue
             # ---- one optimizer step on the average of the group's (clipped) gradients
-            grad_scale, grad_norm = grad_scale_for_step(params, accumulated=in_group, max_norm=clip_grad_norm,
+            grad_scale, grad_norm = grad_scale_for_step(params, accumulated=in_group, world_size=sync.grad_divisor,
+                                                        max_norm=clip_grad_norm,
                                                         fused=None if getattr(optimizer, "fused", False) else False)
             if noise is not None:
                 noise.end(n)
@@ -336,11 +343,11 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         epoch_sums = {"loss": 0.0, "correct": 0, "samples": 0, "time": 0.0}
         for callback in callbacks:
             callback.on_epoch_end(state, record)
-        if log is not None and progress:
+        if log is not None and progress and sync.is_main:
             log(_epoch_line(record, epochs))
         if checkpoint_path is not None:
             checkpoint()
-    if state.stop and log is not None and progress:
+    if state.stop and log is not None and progress and sync.is_main:
         log(state.stop_reason)
     for callback in callbacks:
         callback.on_train_end(state)
