@@ -254,3 +254,31 @@ def test_cli_batch_that_does_not_divide_among_the_ranks_fails_on_every_rank(tmp_
     message = "tinygrad-sgd: error: --batch-size 33 (the global batch) does not divide among the 2 processes"
     assert result.stderr.count(message) == 2
     assert not any(tmp_path.iterdir())
+
+
+def test_local_sgd_in_a_world_of_one():
+    model = mlp()
+    local = tg.nn.parallel.LocalSGD(model, period=2)
+    x, y = data()
+    opt = tg.optim.SGD(local.parameters(), lr=0.1)
+    plain = mlp()
+    plain_opt = tg.optim.SGD(plain.parameters(), lr=0.1)
+    averaged = []
+    for _ in range(4):
+        for m, o in ((local, opt), (plain, plain_opt)):
+            tg.nn.CrossEntropyLoss()(m(x), y).backward()
+            o.step()
+            o.zero_grad()
+        averaged.append(local.step())
+    assert averaged == [False, True, False, True] and local.communications == 2
+    for (key, a), (_, b) in zip(local.state_dict().items(), plain.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=key)  # the mean over one rank is the identity
+    assert list(local.state_dict()) == list(model.state_dict()) and "period=2" in repr(local)
+
+
+def test_local_sgd_argument_errors():
+    for period in (0, 1.5, True):
+        with pytest.raises(ValueError, match="period must be a positive int"):
+            tg.nn.parallel.LocalSGD(mlp(), period=period)
+    with pytest.raises(TypeError, match="LocalSGD wraps a tg.nn.Module"):
+        tg.nn.parallel.LocalSGD("model", period=2)

@@ -181,3 +181,76 @@ def test_check_on_all_ranks_names_the_rank():
     with pytest.raises(ValueError, match="rank 1"):
         dist.check_on_all_ranks("bad input" if dist.get_rank() == 1 else None)
     dist.check_on_all_ranks(None)
+
+
+def local_sgd_run(name, x, y, per_rank_batch, steps, period, momentum=0.9):
+    model = tg.nn.parallel.LocalSGD(make_model(seed=100 + dist.get_rank()), period=period)
+    if name == "sgd":
+        opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    else:
+        opt = make_optimizer(name, model.parameters(), fused=None)
+    loader = tg.data.DataLoader(tg.data.TensorDataset(x, y), batch_size=per_rank_batch,
+                                sampler=tg.data.DistributedSampler(len(x), seed=7))
+    loss_fn = tg.nn.CrossEntropyLoss()
+    done = 0
+    while done < steps:
+        for xb, yb in loader:
+            loss_fn(model(xb), yb).backward()
+            opt.step()
+            opt.zero_grad()
+            model.step()
+            done += 1
+            if done == steps:
+                break
+    return model
+
+
+def ddp_sgd_run(x, y, per_rank_batch, steps, momentum):
+    ddp = DistributedDataParallel(make_model(seed=100 + dist.get_rank()))
+    opt = tg.optim.SGD(ddp.parameters(), lr=0.1, momentum=momentum)
+    loader = tg.data.DataLoader(tg.data.TensorDataset(x, y), batch_size=per_rank_batch,
+                                sampler=tg.data.DistributedSampler(len(x), seed=7))
+    loss_fn = tg.nn.CrossEntropyLoss()
+    done = 0
+    while done < steps:
+        for xb, yb in loader:
+            loss_fn(ddp(xb), yb).backward()
+            opt.step()
+            opt.zero_grad()
+            done += 1
+            if done == steps:
+                break
+    return ddp
+
+
+def max_difference(a, b):
+    return max(float(np.max(np.abs(a.state_dict()[k] - b.state_dict()[k]))) for k in a.state_dict())
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_local_sgd_with_period_1_is_ddp_for_plain_and_momentum_sgd(momentum):
+    x, y = make_data()
+    local = local_sgd_run("sgd", x, y, 8, 12, period=1, momentum=momentum)
+    ddp = ddp_sgd_run(x, y, 8, 12, momentum)
+    assert local.communications == 12
+    assert max_difference(local, ddp) < 1e-5
+
+
+def test_local_sgd_with_period_1_is_not_ddp_for_adam():
+    x, y = make_data()
+    local = local_sgd_run("adam", x, y, 8, 12, period=1)
+    ddp = ddp_run("adam", x, y, 8, 12)
+    assert max_difference(local, ddp) > 1e-3  # Adam's state is not linear in the gradient
+
+
+def test_local_sgd_averages_every_period_steps():
+    x, y = make_data()
+    model = local_sgd_run("sgd", x, y, 8, 12, period=4)
+    assert model.communications == 3 and model.steps == 12
+    for key, value in model.state_dict().items():  # just averaged: identical on both ranks
+        gathered = dist.all_gather(value)
+        assert np.array_equal(gathered[0], gathered[1]), key
+    # ... and different after a local step on different data
+    model = local_sgd_run("sgd", x, y, 8, 5, period=4)
+    gathered = dist.all_gather(model.state_dict()["0.weight"])
+    assert not np.array_equal(gathered[0], gathered[1])

@@ -29,6 +29,31 @@ from ..tensor import Tensor
 from .module import Module
 
 
+def check_replicas(module: Module, who: str) -> None:
+    """Every rank: one device for the parameters, and the same names, shapes and dtypes as
+    rank 0. Agreed across ranks, so a bad replica fails everywhere instead of hanging."""
+    problem = None
+    devices = sorted({p.device for p in module.parameters()})
+    if len(devices) > 1:
+        where = {d: next(n for n, p in module.named_parameters() if p.device == d) for d in devices}
+        problem = f"{who} needs all parameters on one device, got " + ", ".join(
+            f"{d} (e.g. {where[d]!r})" for d in devices)
+    signature = [(name, tuple(t.shape), str(t.dtype)) for name, t in module._state_items()]
+    reference = distributed.broadcast_object(signature, src=0)
+    if problem is None and signature != reference:
+        differ = [f"{mine} vs rank 0's {theirs}" for mine, theirs in zip(signature, reference) if mine != theirs]
+        if len(signature) != len(reference):
+            differ.append(f"{len(signature)} tensors vs rank 0's {len(reference)}")
+        problem = f"{who}: the model differs from rank 0's: " + "; ".join(differ[:3])
+    distributed.check_on_all_ranks(problem)
+
+
+def broadcast_state(module: Module) -> None:
+    """Rank 0's parameters and buffers on every rank."""
+    for _, tensor in module._state_items():
+        distributed.broadcast(tensor, src=0)
+
+
 class _Bucket:
     """Gradients that travel in one all-reduce: parameters of one device and dtype whose
     sizes add up to at most the bucket capacity (a larger parameter gets a bucket alone)."""
@@ -97,8 +122,8 @@ class DistributedDataParallel(Module):
         object.__setattr__(self, "broadcast_buffers", bool(broadcast_buffers))
         object.__setattr__(self, "world_size", distributed.get_world_size())
         object.__setattr__(self, "_syncing", True)
-        self._check_replicas()
-        self._broadcast_state()
+        check_replicas(module, "DistributedDataParallel")
+        broadcast_state(module)
         named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
         object.__setattr__(self, "_names", {id(p): name for name, p in named})
         buckets = self._make_buckets([p for _, p in named])
@@ -118,28 +143,6 @@ class DistributedDataParallel(Module):
             p.register_post_accumulate_grad_hook(hook)
 
     # ------------------------------------------------------------------ wrap time
-    def _check_replicas(self) -> None:
-        """Every rank: one device for the parameters, and the same names, shapes and dtypes
-        as rank 0. Agreed across ranks, so a bad replica fails everywhere instead of hanging."""
-        problem = None
-        devices = sorted({p.device for p in self.module.parameters()})
-        if len(devices) > 1:
-            where = {d: next(n for n, p in self.module.named_parameters() if p.device == d) for d in devices}
-            problem = ("DistributedDataParallel needs all parameters on one device, got "
-                       + ", ".join(f"{d} (e.g. {where[d]!r})" for d in devices))
-        signature = [(name, tuple(t.shape), str(t.dtype)) for name, t in self.module._state_items()]
-        reference = distributed.broadcast_object(signature, src=0)
-        if problem is None and signature != reference:
-            differ = [f"{mine} vs rank 0's {theirs}" for mine, theirs in zip(signature, reference) if mine != theirs]
-            if len(signature) != len(reference):
-                differ.append(f"{len(signature)} tensors vs rank 0's {len(reference)}")
-            problem = "the model differs from rank 0's: " + "; ".join(differ[:3])
-        distributed.check_on_all_ranks(problem)
-
-    def _broadcast_state(self) -> None:
-        for _, tensor in self.module._state_items():
-            distributed.broadcast(tensor, src=0)
-
     def _make_buckets(self, params: list) -> list:
         if self.bucket_cap_mb is None:
             return []
@@ -248,3 +251,92 @@ class DistributedDataParallel(Module):
     def extra_repr(self) -> str:
         return (f"world_size={self.world_size}, bucket_cap_mb={self.bucket_cap_mb}, average={self.average}, "
                 f"buckets={len(self._buckets)}")
+
+
+class LocalSGD(Module):
+    r"""Local SGD: every rank steps on its own and the ranks average their *parameters*
+    every ``period`` steps (Stich 2019, *Local SGD Converges Fast and Communicates Little*;
+    Lin et al. 2020, *Don't Use Large Mini-Batches, Use Local SGD*)::
+
+        model = tg.nn.parallel.LocalSGD(make_model(), period=8)   # rank 0's weights everywhere
+        for xb, yb in loader:                                     # this rank's share
+            loss_fn(model(xb), yb).backward()
+            optimizer.step(); optimizer.zero_grad()
+            model.step()                  # every 8th call: all_reduce(params, "mean")
+
+    One all-reduce of the parameters per ``period`` steps instead of one of the gradients per
+    step: ``period`` times less communication, paid for by workers that drift apart between
+    averagings (the notebook measures the trade-off).
+
+    **period=1 is data-parallel SGD.** With plain SGD, ``mean_i(w - lr g_i) = w - lr
+    mean_i(g_i)``: the DDP update (equal up to rounding). Heavy-ball and Nesterov momentum
+    keep the equivalence at ``period=1`` although every rank keeps its own momentum
+    buffer: the update is linear in the gradient, so the mean of the ranks' buffers obeys
+    DDP's recursion ``b = mu b + mean_i(g_i)`` and the averaged step is DDP's. The
+    equivalence breaks for ``period > 1``, where each rank's buffer keeps pointing along its
+    own drifted trajectory after the parameters are averaged (the buffers are not averaged
+    here: Wang et al. 2020, SlowMo, discuss averaging or resetting them), and for any
+    optimizer whose state is not linear in the gradient -- Adam, RMSprop and Adagrad divide
+    by a running mean of ``g_i^2``, and the mean of ``g_i / sqrt(v_i)`` is not
+    ``mean(g) / sqrt(v)`` -- even at ``period=1`` (``tests/mpi`` checks all three cases).
+
+    Floating-point buffers (BatchNorm's running statistics) are averaged with the parameters.
+    ``communications`` counts the averagings.
+    """
+
+    def __init__(self, module: Module, period: int):
+        super().__init__()
+        if not isinstance(module, Module):
+            raise TypeError(f"LocalSGD wraps a tg.nn.Module, got {type(module).__name__}")
+        if isinstance(period, bool) or not isinstance(period, (int, np.integer)) or period < 1:
+            raise ValueError(f"LocalSGD: period must be a positive int (steps between averagings), got {period!r}")
+        distributed._require_group("LocalSGD")
+        self.module = module
+        object.__setattr__(self, "period", int(period))
+        object.__setattr__(self, "steps", 0)
+        object.__setattr__(self, "communications", 0)
+        check_replicas(module, "LocalSGD")
+        broadcast_state(module)
+
+    def step(self) -> bool:
+        """Count one optimizer step; average the parameters when ``period`` steps are done.
+        Returns True when it averaged."""
+        object.__setattr__(self, "steps", self.steps + 1)
+        if self.steps % self.period:
+            return False
+        self.average_parameters()
+        return True
+
+    def average_parameters(self) -> None:
+        """Replace every floating-point parameter and buffer by its mean over the ranks (one
+        all-reduce per device and dtype, through a flat buffer)."""
+        groups: dict = {}
+        for _, tensor in self.module._state_items():
+            if tensor.dtype.kind == "f":
+                groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
+        for (device, dtype), tensors in groups.items():
+            xp = backend.get_array_module(tensors[0].data)
+            with backend.device_context(device):
+                flat = xp.concatenate([t.data.reshape(-1) for t in tensors]).astype(dtype, copy=False)
+            distributed.all_reduce(flat, op="mean")
+            offset = 0
+            for t in tensors:
+                t.data[...] = flat[offset:offset + t.numel()].reshape(t.shape)  # in place: optimizers hold p.data
+                t._mark_dirty()
+                offset += t.numel()
+        object.__setattr__(self, "communications", self.communications + 1)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def _state_items(self, prefix: str = ""):
+        return self.module._state_items(prefix)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        return self.module.named_parameters(prefix, recurse)
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True):
+        return self.module.named_buffers(prefix, recurse)
+
+    def extra_repr(self) -> str:
+        return f"period={self.period}, world_size={distributed.get_world_size()}"
