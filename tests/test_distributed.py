@@ -282,3 +282,32 @@ def test_local_sgd_argument_errors():
             tg.nn.parallel.LocalSGD(mlp(), period=period)
     with pytest.raises(TypeError, match="LocalSGD wraps a tg.nn.Module"):
         tg.nn.parallel.LocalSGD("model", period=2)
+
+
+def test_allreduce_cost_model():
+    alpha, beta = 5e-6, 1e9
+    assert dist.ring_allreduce_time(1, 1e6, alpha, beta) == 0.0
+    assert dist.ring_allreduce_time(2, 1e6, alpha, beta) == pytest.approx(2 * alpha + 1e6 / beta)
+    # the bandwidth term stays below 2 n / beta; the latency term grows with N
+    assert dist.ring_allreduce_time(1024, 1e9, 0.0, beta) < 2.0
+    assert dist.ring_allreduce_time(1024, 0.0, alpha, beta) == pytest.approx(2 * 1023 * alpha)
+    assert dist.recursive_doubling_allreduce_time(512, 1e3, alpha, beta) == pytest.approx(9 * (alpha + 1e3 / beta))
+
+
+def test_distributed_benchmark_fits_latency_and_bandwidth(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import distributed as bench
+
+    sizes = np.array([1e3, 1e4, 1e5, 1e6, 1e7])
+    times = np.array([dist.ring_allreduce_time(2, n, 3e-6, 2e9) for n in sizes])
+    alpha, beta = bench.fit_latency_bandwidth(sizes, times, workers=2)
+    assert alpha == pytest.approx(3e-6, rel=1e-6) and beta == pytest.approx(2e9, rel=1e-6)
+    step, efficiency = bench.predict(1e-3, 10_000, 64, alpha, beta, period=8)
+    assert step == pytest.approx(1e-3 + dist.ring_allreduce_time(64, 40_000, alpha, beta) / 8)
+    assert efficiency == pytest.approx(1e-3 / step)
+
+
+def test_distributed_benchmark_runs_on_two_ranks():
+    result = run_mpi([sys.executable, "benchmarks/distributed.py", "--quick"], timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "fit: alpha =" in result.stdout and result.stdout.count("cnn     512   64") == 1

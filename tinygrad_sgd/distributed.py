@@ -451,3 +451,33 @@ class TrainingSync:
             return loss_value, n, correct
         totals = all_reduce(np.array([loss_value * n, n, correct], dtype=np.float64))
         return float(totals[0] / totals[1]), int(totals[1]), int(totals[2])
+
+
+# ----------------------------------------------------------------------------- cost model
+
+
+def ring_allreduce_time(workers: int, nbytes: float, alpha: float, beta: float) -> float:
+    r"""Seconds for a ring all-reduce of ``nbytes`` over ``workers`` (Patarasuk & Yuan 2009).
+
+    A reduce-scatter then an all-gather around a ring: ``2 (N - 1)`` steps, each sending a
+    chunk of ``n / N`` bytes to the neighbour, so with a per-message latency ``alpha``
+    (seconds) and a bandwidth ``beta`` (bytes per second)::
+
+        T = 2 (N - 1) alpha + 2 (N - 1) / N * n / beta
+
+    The bandwidth term never exceeds ``2 n / beta`` however many workers join (the ring is
+    bandwidth-optimal); the latency term grows linearly with ``N``. One worker: 0.
+    """
+    if workers <= 1:
+        return 0.0
+    return 2 * (workers - 1) * alpha + 2 * (workers - 1) / workers * nbytes / beta
+
+
+def recursive_doubling_allreduce_time(workers: int, nbytes: float, alpha: float, beta: float) -> float:
+    r"""Seconds for a recursive-doubling all-reduce (Thakur, Rabenseifner & Gropp 2005):
+    ``log2 N`` rounds of pairwise exchanges of the whole message,
+    ``T = ceil(log2 N) (alpha + n / beta)``. Latency-optimal, so better than the ring for
+    small messages (MPI libraries switch between the two by message size)."""
+    if workers <= 1:
+        return 0.0
+    return float(np.ceil(np.log2(workers))) * (alpha + nbytes / beta)
