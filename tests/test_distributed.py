@@ -311,3 +311,15 @@ def test_distributed_benchmark_runs_on_two_ranks():
     result = run_mpi([sys.executable, "benchmarks/distributed.py", "--quick"], timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "fit: alpha =" in result.stdout and result.stdout.count("cnn     512   64") == 1
+
+
+@pytest.mark.parametrize("bucket_cap_mb", [None, 25.0])
+def test_ddp_reduces_a_sparse_embedding_gradient_as_a_dense_one(bucket_cap_mb):
+    tg.manual_seed(0)
+    emb = tg.nn.Embedding(10, 3, sparse=True)
+    ddp = DistributedDataParallel(emb, bucket_cap_mb=bucket_cap_mb)
+    ddp(tg.Tensor(np.array([1, 4, 4]))).sum().backward()
+    expected = np.zeros((10, 3), dtype=np.float32)
+    expected[1], expected[4] = 1.0, 2.0
+    assert isinstance(emb.weight.grad, tg.Tensor)
+    np.testing.assert_array_equal(emb.weight.grad.numpy(), expected)

@@ -25,6 +25,7 @@ import weakref
 import numpy as np
 
 from .. import backend, distributed
+from ..sparse import SparseRowGrad
 from ..tensor import Tensor
 from .module import Module
 
@@ -103,7 +104,9 @@ class DistributedDataParallel(Module):
     into the bare model), ``load_state_dict()``, ``train()``/``eval()`` act on the wrapped
     module. Every parameter that requires grad must receive a gradient in every backward
     (a parameter the forward did not use is reported at the next forward), and every rank
-    must run the same graph: the reductions are collectives.
+    must run the same graph: the reductions are collectives. A sparse gradient
+    (``Embedding(sparse=True)``) is reduced as a dense one, since the ranks' batches touch
+    different rows.
     """
 
     def __init__(self, module: Module, *, bucket_cap_mb: float | None = 25.0, average: bool = True,
@@ -182,14 +185,13 @@ class DistributedDataParallel(Module):
     def _gradient_ready(self, param: Tensor) -> None:
         if not self._syncing:
             return
+        grad = param.grad
+        if isinstance(grad, SparseRowGrad):  # Embedding(sparse=True): the ranks touched different rows
+            grad = param.grad = Tensor._make(grad.to_dense(), param.device)
         if self.bucket_cap_mb is None:  # the reference: one parameter, one all-reduce
-            distributed.all_reduce(param.grad, op="mean" if self.average else "sum")
+            distributed.all_reduce(grad, op="mean" if self.average else "sum")
             return
         bucket, index = self._bucket_of[id(param)]
-        grad = param.grad
-        if not isinstance(grad, Tensor):
-            raise TypeError(f"DistributedDataParallel: parameter {self._names[id(param)]!r} has a "
-                            f"{type(grad).__name__} gradient; use bucket_cap_mb=None for sparse gradients")
         if bucket.flat is None:
             xp = backend.get_array_module(grad.data)
             with backend.device_context(bucket.device):
