@@ -445,6 +445,22 @@ class TrainingSync:
         finally:
             object.__setattr__(ddp, "average", average)
 
+    def run_on_main(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on rank 0 only (a check of the file rank 0 will write); an
+        exception there is raised, with its type and message, on every rank."""
+        if self.world_size == 1:
+            fn(*args)
+            return
+        failure = None
+        if self.is_main:
+            try:
+                fn(*args)
+            except Exception as error:  # noqa: BLE001 -- handed to every rank, then raised
+                failure = (type(error), str(error))
+        failure = broadcast_object(failure)
+        if failure is not None:
+            raise failure[0](failure[1])
+
     def global_batch(self, loss_value: float, n: int, correct: int) -> tuple:
         """``(mean loss, samples, correct)`` over the global batch (this rank's in a world of one)."""
         if self.world_size == 1:

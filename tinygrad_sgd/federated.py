@@ -240,5 +240,6 @@ def _check_fedavg_arguments(model, client_datasets, rounds, local_epochs, batch_
     if isinstance(mu, bool) or not isinstance(mu, (int, float, np.floating)) or not (math.isfinite(mu) and mu >= 0):
         return f"fedavg: mu must be a finite number >= 0, got {mu!r}"
     if clients_per_round is not None and (not positive_int(clients_per_round) or clients_per_round > len(sizes)):
-        return f"fedavg: clients_per_round must be an int in [1, {len(sizes)}] (or None: all), got {clients_per_round!r}"
+        return (f"fedavg: clients_per_round must be an int in [1, {len(sizes)}] (or None: all), "
+                f"got {clients_per_round!r}")
     return None
