@@ -323,3 +323,16 @@ def test_ddp_reduces_a_sparse_embedding_gradient_as_a_dense_one(bucket_cap_mb):
     expected[1], expected[4] = 1.0, 2.0
     assert isinstance(emb.weight.grad, tg.Tensor)
     np.testing.assert_array_equal(emb.weight.grad.numpy(), expected)
+
+
+@pytest.mark.cuda
+def test_cupy_arrays_on_two_ranks():
+    """CuPy arrays through MPI (staged through the host unless MPI is CUDA-aware, as the
+    debug log says) and DDP on the GPU; on a GPU, or on the CuPy stand-in in CI."""
+    if not tg.gpu_available():
+        pytest.skip("no CUDA GPU (run with --cupy-standin for the CuPy stand-in)")
+    result = run_mpi([sys.executable, "tests/mpi/cupy_collectives.py"], timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "cupy collectives and DDP on 2 ranks: ok" in result.stdout
+    aware = os.environ.get("TINYGRAD_SGD_MPI_CUDA_AWARE") == "1"
+    assert ("passed to MPI directly" if aware else "staged through host memory") in result.stderr
