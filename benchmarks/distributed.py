@@ -10,9 +10,11 @@ alpha-beta model of ring all-reduce that extrapolates them to a cluster.
    all-reduce costs ``2 alpha + n / beta``, so ``alpha = a / 2`` and ``beta = B``.
 2. **Step time** of the CLI's MLP and CNN on the digits (forward, backward, gradient
    all-reduce, SGD step): one process at global batch 32 (rank 1 sleeps meanwhile), and
-   DistributedDataParallel on 2 ranks at 16 per rank (the same global batch: strong scaling)
-   and at 32 per rank (global 64: weak scaling). The three run in alternating rounds so
-   that a change in machine load hits them alike; medians over rounds are printed.
+   DistributedDataParallel on 2 ranks at 16 per rank (the same global batch: strong scaling),
+   the same with the readable reference (``bucket_cap_mb=None``: one all-reduce per
+   parameter tensor instead of one per bucket), and at 32 per rank (global 64: weak
+   scaling). They run in alternating rounds so that a change in machine load hits them
+   alike; medians over rounds are printed.
 3. **The model** (Patarasuk & Yuan 2009, *Bandwidth optimal all-reduce algorithms for
    clusters of workstations*): a ring all-reduce of ``n`` bytes over ``N`` workers sends
    ``2 (N - 1)`` messages of ``n / N`` bytes from every worker, so
@@ -110,13 +112,13 @@ def make_model(kind: str):
     return cli_model(args, tg)
 
 
-def step_time(kind: str, per_rank_batch: int, steps: int, data, *, ranks: int) -> float:
+def step_time(kind: str, per_rank_batch: int, steps: int, data, *, ranks: int, bucket_cap_mb=25.0) -> float:
     """Median seconds per optimizer step (forward, backward, all-reduce, step)."""
     x, y = data
     tg.manual_seed(0)
     model = make_model(kind)
     if ranks > 1:
-        model = tg.nn.parallel.DistributedDataParallel(model)
+        model = tg.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
     optimizer = tg.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = tg.nn.CrossEntropyLoss()
     rng = np.random.default_rng(dist.get_rank())
@@ -167,26 +169,27 @@ def main(argv=None) -> int:
     results: dict = {}
     say("\n== step time (forward + backward + all-reduce + SGD step), median of rounds")
     for kind, x in (("mlp", x_flat), ("cnn", x_img)):
-        configs = [("1 rank, batch 32", 1, 32)]
+        configs = [("1 rank, batch 32", 1, 32, None)]
         if world > 1:
-            configs += [(f"{world} ranks x 16 (global 32)", world, 32 // world),
-                        (f"{world} ranks x 32 (global {32 * world})", world, 32)]
-        per_config: dict = {name: [] for name, _, _ in configs}
+            configs += [(f"{world} ranks x 16 (global 32)", world, 32 // world, 25.0),
+                        (f"{world} ranks x 16, one all-reduce per tensor", world, 32 // world, None),
+                        (f"{world} ranks x 32 (global {32 * world})", world, 32, 25.0)]
+        per_config: dict = {name: [] for name, _, _, _ in configs}
         for _ in range(args.rounds):
-            for name, ranks, batch in configs:  # alternating rounds
+            for name, ranks, batch, cap in configs:  # alternating rounds
                 if ranks == 1:
                     if rank == 0:
                         per_config[name].append(step_time(kind, batch, args.steps, (x, y), ranks=1))
                     idle_until_others_arrive()
                 else:
-                    t = step_time(kind, batch, args.steps, (x, y), ranks=ranks)
+                    t = step_time(kind, batch, args.steps, (x, y), ranks=ranks, bucket_cap_mb=cap)
                     per_config[name].append(float(dist.all_reduce(np.array([t]), op="max")[0]))
         params = sum(p.numel() for p in make_model(kind).parameters())
         medians = {name: statistics.median(v) if v else float("nan") for name, v in per_config.items()}
         medians = dist.broadcast_object(medians)
         results[kind] = (params, medians)
         for name, value in medians.items():
-            say(f"{kind} ({params} parameters, {4 * params / 1e3:.1f} KB of gradient)  {name:<28} "
+            say(f"{kind} ({params} parameters, {4 * params / 1e3:.1f} KB of gradient)  {name:<40} "
                 f"{value * 1e3:8.3f} ms/step")
 
     alpha, beta = args.alpha_us * 1e-6, args.gbps * 1e9 / 8
