@@ -228,6 +228,12 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     optimizer state from before that step (copies taken before every step; the cost is in
     docs/benchmarks.md), so training can go on from them in the same process.
 
+    **On several MPI ranks** (``mpiexec``; the model a ``tg.nn.parallel.DistributedDataParallel``,
+    the loader's sampler a ``DistributedSampler``) the run is data-parallel: the gradients
+    are summed over the ranks and the world size joins ``grad_scale``, the loss and metrics are
+    those of the global batch, and only rank 0 logs and writes checkpoints
+    (``tg.distributed.TrainingSync``; docs/distributed.md).
+
     ``resume_from`` is all or nothing: when any piece of the checkpoint does not fit
     (another model, optimizer, scheduler or dataset), it raises and nothing has changed.
     """
