@@ -4,6 +4,7 @@
     tinygrad-sgd train --model cnn --optimizer adam --lr 0.003 --schedule onecycle
     tinygrad-sgd compare --epochs 3         # same run on CPU and GPU, side by side
     tinygrad-sgd bench                      # the benchmark scripts (from a source checkout)
+    mpiexec -n 4 tinygrad-sgd train         # data-parallel on 4 MPI processes (--batch-size is global)
 """
 
 from __future__ import annotations
@@ -139,10 +140,18 @@ def prepare(args, device: str):
                                                                 flatten=args.model == "mlp")
     schedule = make_batch_schedule(args, tg)
     loader_options = dict(batch_size_schedule=schedule) if schedule is not None else dict(batch_size=args.batch_size)
-    train_loader = tg.data.DataLoader(tg.data.TensorDataset(x_train, y_train), shuffle=True, seed=args.seed,
-                                      device=device, **loader_options)
+    world = tg.distributed.get_world_size()
+    if world > 1:  # MPI ranks: each takes its share (a DistributedSampler) of every global batch
+        train_set = tg.data.TensorDataset(x_train, y_train)
+        train_loader = tg.data.DataLoader(train_set, batch_size=args.batch_size // world, device=device,
+                                          sampler=tg.data.DistributedSampler(train_set, seed=args.seed))
+    else:
+        train_loader = tg.data.DataLoader(tg.data.TensorDataset(x_train, y_train), shuffle=True, seed=args.seed,
+                                          device=device, **loader_options)
     test_loader = tg.data.DataLoader(tg.data.TensorDataset(x_test, y_test), batch_size=512, device=device)
     model = make_model(args, tg).to(device)
+    if world > 1:  # rank 0's weights everywhere; backward averages the gradients over the ranks
+        model = tg.nn.parallel.DistributedDataParallel(model)
     optimizer = make_optimizer(args, tg, model.parameters())
     scheduler, interval = make_scheduler(args, tg, optimizer, len(train_loader) // args.accumulation or 1)
     return tg, model, optimizer, scheduler, interval, train_loader, test_loader
@@ -165,19 +174,25 @@ def command_train(args) -> int:
     import tinygrad_sgd as tg
 
     device = tg.backend.best_device() if args.device == "auto" else tg.backend.parse_device(args.device)
-    run_dir = Path(args.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    world, main_rank = tg.distributed.get_world_size(), tg.distributed.is_main_process()
+    # One run folder: rank 0 names it, and only rank 0 writes into it.
+    run_dir = Path(tg.distributed.broadcast_object(args.run_dir or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))))
+    if main_rank:
+        run_dir.mkdir(parents=True, exist_ok=True)
     tg, model, optimizer, scheduler, interval, train_loader, test_loader = prepare(args, device)
-    say = (lambda *a: None) if args.quiet else print
+    say = (lambda *a: None) if args.quiet or not main_rank else print
+    processes = f" ({world} processes x {args.batch_size // world} per process)" if world > 1 else ""
     say(f"tinygrad_sgd {tg.__version__}: {args.model} on the digits ({len(train_loader.dataset)} train / "
         f"{len(test_loader.dataset)} test), {args.optimizer} lr={optimizer.param_groups[0]['lr']:g}, "
-        f"batch {args.batch_size}, {args.epochs} epochs, device {device}")
+        f"batch {args.batch_size}{processes}, {args.epochs} epochs, device {device}")
     started = time.perf_counter()
     checkpoint = run_dir / "checkpoint.npz"
     history = _fit(args, tg, model, optimizer, scheduler, interval, train_loader, test_loader,
                    checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every, resume_from=args.resume)
     elapsed = time.perf_counter() - started
     final = tg.train.evaluate(model, test_loader, tg.nn.CrossEntropyLoss(), ("accuracy", "f1"))
+    if not main_rank:
+        return 0
     history.to_csv(run_dir / "history.csv")
     history.to_csv(run_dir / "history_steps.csv", level="step")
     history.plot(run_dir / "loss.png", title=f"{args.model} / {args.optimizer} on digits")
@@ -240,6 +255,20 @@ def command_bench(args) -> int:
     return status
 
 
+def _check_data_parallel(parser, args) -> None:
+    """Join the MPI process group; refuse, on every rank, what cannot be split across ranks."""
+    import tinygrad_sgd as tg
+
+    tg.distributed.init_process_group()
+    world = tg.distributed.get_world_size()
+    if world > 1 and args.batch_size % world:
+        parser.error(f"--batch-size {args.batch_size} (the global batch) does not divide among the {world} "
+                     "processes; use a multiple of the process count")
+    if world > 1 and args.batch_size_schedule != "constant":
+        parser.error(f"--batch-size-schedule {args.batch_size_schedule} runs in one process only; "
+                     f"this is one of {world}")
+
+
 def command_doctor(args) -> int:
     from .doctor import main as doctor
 
@@ -250,6 +279,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "epochs", 1) < 1 or getattr(args, "batch_size", 1) < 1 or getattr(args, "accumulation", 1) < 1:
         build_parser().error("--epochs, --batch-size and --accumulation must be at least 1")
+    if args.command == "train":  # under mpiexec: one rank of a data-parallel run (a world of one otherwise)
+        _check_data_parallel(build_parser(), args)
     commands = {"train": command_train, "compare": command_compare, "bench": command_bench,
                 "doctor": command_doctor}
     return commands[args.command](args)

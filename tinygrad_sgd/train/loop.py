@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from .. import backend, rng
+from .. import backend, distributed, rng
 from ..nn.utils import GradientNoiseScale, grad_scale_for_step
 from ..optim.lr_scheduler import ReduceLROnPlateau
 from ..tensor import no_grad
@@ -229,6 +229,12 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     every step; the cost is in docs/benchmarks.md), so training can go on from there in
     the same process (another ``fit`` call with a smaller learning rate).
 
+    **On several MPI ranks** (``mpiexec``; the model a ``tg.nn.parallel.DistributedDataParallel``,
+    the loader's sampler a ``DistributedSampler``) the run is data-parallel: the gradients
+    are summed over the ranks and the world size joins ``grad_scale``, the loss and metrics are
+    those of the global batch, and only rank 0 logs and writes checkpoints
+    (``tg.distributed.TrainingSync``; docs/distributed.md).
+
     ``resume_from`` is all or nothing: when any piece of the checkpoint does not fit
     (another model, optimizer, scheduler or dataset), it raises and nothing has changed.
     """
@@ -250,8 +256,10 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     for callback in callbacks:
         if not isinstance(callback, Callback):
             raise TypeError(f"callbacks must be tg.train.Callback instances, got {type(callback).__name__}")
+    # Several MPI ranks (a DistributedDataParallel model): reduced gradients and metrics, rank 0 writes.
+    sync = distributed.TrainingSync(model, optimizer, train_loader, noise_scale=noise_scale)
     if checkpoint_path is not None:
-        check_writable(checkpoint_path)  # now, not after the first epoch
+        sync.run_on_main(check_writable, checkpoint_path)  # now, not after the first epoch
     plateau = isinstance(scheduler, ReduceLROnPlateau)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     history = History()
@@ -268,6 +276,8 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         epoch_sums, lr_scale = dict(saved["loop"]["epoch_sums"]), saved["loop"]["lr_scale"]
 
     def checkpoint() -> None:
+        if not sync.is_main:
+            return
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -289,29 +299,32 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         in_group = 0  # micro-batches accumulated since the last optimizer step
         # Where the loader stood before the group in progress: undo_nonfinite_step puts it back too.
         before_group = train_loader.state_dict() if undo_nonfinite_step else None
-        batches = _progress_bar(train_loader, len(train_loader), f"epoch {epoch + 1}/{epochs}", progress)
+        batches = _progress_bar(train_loader, len(train_loader), f"epoch {epoch + 1}/{epochs}",
+                                progress and sync.is_main)
         for xb, yb in batches:
             output, loss = _predictions_and_loss(model, loss_fn, xb, yb)
-            loss_value = float(loss.item())
+            correct = int((output.data.argmax(axis=1) == yb.data).sum()) \
+                if output.ndim == 2 and yb.dtype.kind in "iu" else 0
+            # the global batch's loss, samples and correct count (this batch's in one process)
+            loss_value, n, correct = sync.global_batch(float(loss.item()), xb.shape[0], correct)
             if not math.isfinite(loss_value):
                 optimizer.zero_grad()
                 raise NonFiniteError(f"non-finite loss {loss_value} at epoch {epoch}, step {state.step + 1}; "
                                      "the parameters keep their last finite values", epoch=epoch,
                                      step=state.step + 1, history=history)
-            loss.backward()
+            sync.backward(loss, last=in_group + 1 == accumulation_steps or train_loader.epoch != epoch)
             in_group += 1
             if noise is not None:
                 noise.add(params)
-            n = xb.shape[0]
             epoch_sums["loss"] += loss_value * n
             epoch_sums["samples"] += n
-            if output.ndim == 2 and yb.dtype.kind in "iu":
-                epoch_sums["correct"] += int((output.data.argmax(axis=1) == yb.data).sum())
+            epoch_sums["correct"] += correct
             group_done = in_group == accumulation_steps or train_loader.epoch != epoch
             if not group_done:
                 continue
             # ---- one optimizer step on the average of the group's (clipped) gradients
-            grad_scale, grad_norm = grad_scale_for_step(params, accumulated=in_group, max_norm=clip_grad_norm,
+            grad_scale, grad_norm = grad_scale_for_step(params, accumulated=in_group, world_size=sync.grad_divisor,
+                                                        max_norm=clip_grad_norm,
                                                         fused=None if getattr(optimizer, "fused", False) else False)
             if noise is not None:
                 noise.end(n)
@@ -373,11 +386,11 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         epoch_sums = {"loss": 0.0, "correct": 0, "samples": 0, "time": 0.0}
         for callback in callbacks:
             callback.on_epoch_end(state, record)
-        if log is not None and progress:
+        if log is not None and progress and sync.is_main:
             log(_epoch_line(record, epochs))
         if checkpoint_path is not None:
             checkpoint()
-    if state.stop and log is not None and progress:
+    if state.stop and log is not None and progress and sync.is_main:
         log(state.stop_reason)
     for callback in callbacks:
         callback.on_train_end(state)
