@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -17,14 +18,27 @@ from pathlib import Path
 
 import numpy as np
 
+PROG = "tinygrad-sgd"
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "exponential", "cosine", "cyclic", "onecycle", "warmup")
 BATCH_SCHEDULES = ("constant", "warmup", "step")
 
 
+class UsageError(Exception):
+    """A bad command-line value or input, found before anything runs or is written.
+    ``main`` prints it as one line, ``tinygrad-sgd: error: ...``, and returns 2 (argparse's code)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its own errors (unknown option, invalid choice, not a number) raised as
+    :class:`UsageError`, so that every refusal is the same one line instead of a usage block."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinygrad-sgd", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_run_options(sub):
@@ -62,6 +76,82 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run the benchmark scripts of a source checkout")
     bench.add_argument("names", nargs="*", help="benchmark names (default: all), e.g. op_overhead")
     return parser
+
+
+# ----------------------------------------------------------------------------- checking the values
+# Every value is checked here, before any data is read, anything is trained or any folder
+# is created; a refusal names the option and the values it takes.
+
+_MAX_SEED = 2**63 - 1  # seeds are stored in checkpoints as JSON and int64
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _require(args, name: str, ok, allowed: str) -> None:
+    """Refuse ``args.<name>`` unless ``ok(value)``; None (an unset optional value) passes."""
+    value = getattr(args, name, None)
+    if value is not None and not ok(value):
+        raise UsageError(f"argument {_option(name)}: must be {allowed}, got {value!r}")
+
+
+def check_run_options(args) -> None:
+    """The options of every training command (``train``, ``compare``)."""
+    finite = math.isfinite
+    for name in ("epochs", "batch_size", "accumulation", "hidden"):
+        _require(args, name, lambda v: v >= 1, "an integer >= 1")
+    _require(args, "checkpoint_every", lambda v: v >= 1, "an integer >= 1 (optimizer steps)")
+    _require(args, "seed", lambda v: 0 <= v <= _MAX_SEED, f"an integer in [0, {_MAX_SEED}]")
+    _require(args, "lr", lambda v: finite(v) and v > 0, "a finite number > 0")
+    _require(args, "momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+    _require(args, "weight_decay", lambda v: finite(v) and v >= 0, "a finite number >= 0")
+    _require(args, "dropout", lambda v: 0 <= v < 1, "in [0, 1) (the probability of zeroing a unit)")
+    _require(args, "clip", lambda v: finite(v) and v > 0, "a finite number > 0 (the largest gradient norm)")
+    _require(args, "test_fraction", lambda v: 0 < v < 1, "in (0, 1) (the share of samples held out)")
+
+
+def resolve_device(tg, text: str) -> str:
+    """``--device``: auto (a GPU when present), cpu, cuda or cuda:N, and that device must exist."""
+    if text == "auto":
+        return tg.backend.best_device()
+    try:
+        return tg.backend.parse_device(text)
+    except ValueError as error:  # not a device name
+        raise UsageError(f"argument --device: {error}, or 'auto'") from None
+    except RuntimeError as error:  # no such device here
+        raise UsageError(f"argument --device: {error} (--device cpu, or auto: a GPU when there is one)") from None
+
+
+def check_run_dir(path: Path) -> None:
+    """``--run-dir`` can be created (or is a folder) and written to; nothing is created yet."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"argument --run-dir: {path} exists and is not a folder")
+    existing = path
+    while not existing.exists():  # the nearest ancestor that exists decides
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"argument --run-dir: cannot create {path}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"argument --run-dir: cannot write to {existing}")
+
+
+def check_resume(args, tg, build) -> None:
+    """``--resume``: the file is a checkpoint of this run's model, optimizer, schedule and data.
+
+    It is tried on a second, throwaway copy of the run (``build()``): every piece loads, or
+    the refusal says which one differs, while the real run is still untouched."""
+    path = Path(args.resume)
+    if not path.is_file():
+        raise UsageError(f"argument --resume: {path} " + ("is not a file" if path.exists() else "does not exist"))
+    try:
+        saved = tg.train.load_checkpoint(path)
+        model, optimizer, scheduler, _, train_loader, _ = build()
+        tg.train.loop._restore(saved, model, optimizer, scheduler, train_loader, tg.train.History(),
+                               tg.train.TrainState(model, optimizer, tg.train.History()))
+    except (RuntimeError, ValueError, TypeError, KeyError) as error:  # CheckpointError is a RuntimeError
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise UsageError(f"argument --resume: {path} does not fit this run: {message}") from None
 
 
 # ----------------------------------------------------------------------------- building a run
@@ -129,13 +219,23 @@ def make_batch_schedule(args, tg):
     return data.StepBatchSize(args.batch_size, step_size=5, factor=2, base_batch_size=args.batch_size)
 
 
+def load_data(args, tg):
+    """``(x_train, y_train), (x_test, y_test)``: the bundled digits, split ``--test-fraction``."""
+    return tg.data.load_digits(split=args.test_fraction, seed=args.seed, flatten=args.model == "mlp")
+
+
 def prepare(args, device: str):
     """Data, model, optimizer, scheduler and loaders for one run on ``device``."""
     import tinygrad_sgd as tg
 
     tg.manual_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = tg.data.load_digits(split=args.test_fraction, seed=args.seed,
-                                                                flatten=args.model == "mlp")
+    data = load_data(args, tg)
+    return (tg, *build_run(args, tg, data, device))
+
+
+def build_run(args, tg, data, device: str):
+    """Model, optimizer, scheduler (and its interval) and loaders from the split ``data``."""
+    (x_train, y_train), (x_test, y_test) = data
     schedule = make_batch_schedule(args, tg)
     loader_options = dict(batch_size_schedule=schedule) if schedule is not None else dict(batch_size=args.batch_size)
     train_loader = tg.data.DataLoader(tg.data.TensorDataset(x_train, y_train), shuffle=True, seed=args.seed,
@@ -144,7 +244,7 @@ def prepare(args, device: str):
     model = make_model(args, tg).to(device)
     optimizer = make_optimizer(args, tg, model.parameters())
     scheduler, interval = make_scheduler(args, tg, optimizer, len(train_loader) // args.accumulation or 1)
-    return tg, model, optimizer, scheduler, interval, train_loader, test_loader
+    return model, optimizer, scheduler, interval, train_loader, test_loader
 
 
 def _fit(args, tg, model, optimizer, scheduler, interval, train_loader, test_loader, **extra):
@@ -160,30 +260,59 @@ def _fit(args, tg, model, optimizer, scheduler, interval, train_loader, test_loa
 # ----------------------------------------------------------------------------- commands
 
 
+class RunError(Exception):
+    """Training failed after it started (diverged, disk full): one line, exit 1; what was
+    recorded so far stays in the run folder."""
+
+
 def command_train(args) -> int:
     import tinygrad_sgd as tg
 
-    device = tg.backend.best_device() if args.device == "auto" else tg.backend.parse_device(args.device)
+    # ---- check everything; nothing is read, trained or written before this block ends
+    device = resolve_device(tg, args.device)
     run_dir = Path(args.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    check_run_dir(run_dir)
+    tg.manual_seed(args.seed)
+    try:
+        data = load_data(args, tg)
+        model, optimizer, scheduler, interval, train_loader, test_loader = build_run(args, tg, data, device)
+    except (ValueError, TypeError, OSError) as error:  # the data or a value the objects refuse
+        raise UsageError(str(error)) from None
+    if args.resume is not None:
+        check_resume(args, tg, lambda: build_run(args, tg, data, device))
+    # ---- run
     run_dir.mkdir(parents=True, exist_ok=True)
-    tg, model, optimizer, scheduler, interval, train_loader, test_loader = prepare(args, device)
     say = (lambda *a: None) if args.quiet else print
     say(f"tinygrad_sgd {tg.__version__}: {args.model} on the digits ({len(train_loader.dataset)} train / "
         f"{len(test_loader.dataset)} test), {args.optimizer} lr={optimizer.param_groups[0]['lr']:g}, "
         f"batch {args.batch_size}, {args.epochs} epochs, device {device}")
     started = time.perf_counter()
     checkpoint = run_dir / "checkpoint.npz"
-    history = _fit(args, tg, model, optimizer, scheduler, interval, train_loader, test_loader,
-                   checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every, resume_from=args.resume)
+    try:
+        # NumPy's overflow warnings would only repeat what the NaN guard reports, in more lines.
+        with np.errstate(over="ignore", invalid="ignore"):
+            history = _fit(args, tg, model, optimizer, scheduler, interval, train_loader, test_loader,
+                           checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
+                           resume_from=args.resume)
+    except tg.train.NonFiniteError as error:
+        _write_history(error.history, run_dir)
+        raise RunError(f"training diverged: {error}; the history up to there is in {run_dir}/history*.csv"
+                       + (" (try a smaller --lr)" if args.clip is None else "")) from None
+    except OSError as error:
+        raise RunError(f"training stopped: {error}; the last checkpoint, if any, is {checkpoint}") from None
     elapsed = time.perf_counter() - started
     final = tg.train.evaluate(model, test_loader, tg.nn.CrossEntropyLoss(), ("accuracy", "f1"))
-    history.to_csv(run_dir / "history.csv")
-    history.to_csv(run_dir / "history_steps.csv", level="step")
+    _write_history(history, run_dir)
     history.plot(run_dir / "loss.png", title=f"{args.model} / {args.optimizer} on digits")
     say(f"test accuracy {final['accuracy']:.4f}  macro F1 {final['f1']:.4f}  test loss {final['loss']:.4f}  "
         f"({elapsed:.1f} s)")
     say(f"wrote {run_dir / 'history.csv'}, {run_dir / 'loss.png'}, {checkpoint}")
     return 0
+
+
+def _write_history(history, run_dir: Path) -> None:
+    history.to_csv(run_dir / "history.csv")
+    history.to_csv(run_dir / "history_steps.csv", level="step")
 
 
 def command_compare(args) -> int:
@@ -194,7 +323,10 @@ def command_compare(args) -> int:
         print("no CUDA GPU found (CuPy missing or no device): running on the CPU only, nothing to compare against")
     runs = {}
     for device in devices:
-        tg_, model, optimizer, scheduler, interval, train_loader, test_loader = prepare(args, device)
+        try:
+            tg_, model, optimizer, scheduler, interval, train_loader, test_loader = prepare(args, device)
+        except (ValueError, TypeError, OSError) as error:  # the data or a value the objects refuse
+            raise UsageError(str(error)) from None
         args_quiet = argparse.Namespace(**{**vars(args), "quiet": True})
         started = time.perf_counter()
         history = _fit(args_quiet, tg_, model, optimizer, scheduler, interval, train_loader, test_loader, log=None)
@@ -236,12 +368,26 @@ def command_bench(args) -> int:
     return status
 
 
+COMMANDS = {"train": command_train, "compare": command_compare, "bench": command_bench}
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "epochs", 1) < 1 or getattr(args, "batch_size", 1) < 1 or getattr(args, "accumulation", 1) < 1:
-        build_parser().error("--epochs, --batch-size and --accumulation must be at least 1")
-    commands = {"train": command_train, "compare": command_compare, "bench": command_bench}
-    return commands[args.command](args)
+    """Run one command; returns the exit status: 0 done, 1 failed while running, 2 refused."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command in ("train", "compare"):
+            check_run_options(args)
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        return _fail(error, 2)
+    except RunError as error:
+        return _fail(error, 1)
+
+
+def _fail(error: Exception, status: int) -> int:
+    message = " ".join(str(error).split())  # one line, whatever the message held
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
