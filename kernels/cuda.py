@@ -66,6 +66,8 @@ def accepts(array) -> bool:
 def address(array) -> int:
     """The device address of a CUDA array's first element (the pointer table's entries)."""
     if SIMULATOR:
+        if _is_cupy(array):  # viewed as a Numba array, as the launch does on a GPU
+            array = cuda.as_cuda_array(array, sync=False)
         ary = array._ary  # the simulator's device array wraps a NumPy array
         base = ary.ctypes.data
         known = _SIM_ARRAYS.get(base)

@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run the benchmark scripts of a source checkout")
     bench.add_argument("names", nargs="*", help="benchmark names (default: all), e.g. op_overhead")
+    commands.add_parser("doctor", help="versions, threads, GPUs, extras and a smoke test per device")
     return parser
 
 
@@ -500,6 +501,9 @@ def command_compare(args) -> int:
         gpu_epoch = np.median([r["time_s"] for r in h_gpu.epochs])
         print(f"speed-up (CPU epoch time / GPU epoch time): {cpu_epoch / gpu_epoch:.2f}x")
         print(f"largest per-step loss difference: {loss_drift:.3g}; largest parameter difference: {param_drift:.3g}")
+        cpu_loss, gpu_loss = h_cpu.epochs[-1]["train_loss"], h_gpu.epochs[-1]["train_loss"]
+        print(f"last epoch's training loss: cpu {cpu_loss:.6g}, cuda:0 {gpu_loss:.6g}, relative difference "
+              f"{abs(gpu_loss - cpu_loss) / max(abs(cpu_loss), 1e-30):.3g}")
     return 0
 
 
@@ -524,8 +528,14 @@ def command_bench(args) -> int:
     return status
 
 
+def command_doctor(args) -> int:
+    from .doctor import main as doctor
+
+    return doctor()
+
+
 COMMANDS = {"train": command_train, "predict": command_predict, "compare": command_compare,
-            "bench": command_bench}
+            "bench": command_bench, "doctor": command_doctor}
 
 
 def main(argv=None) -> int:

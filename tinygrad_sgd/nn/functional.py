@@ -41,6 +41,12 @@ def _same_dtype(x: Tensor, w: Tensor, fn: str) -> None:
                         f"(convert the input with .to(dtype=...) or build the layer with dtype={x.dtype})")
 
 
+def _same_device(x: Tensor, value: Tensor, name: str, fn: str) -> None:
+    if value.device != x.device:
+        raise RuntimeError(f"{fn}: {name} is on {value.device} but the input is on {x.device} "
+                           "(move the model or the input with .to())")
+
+
 def _check_reduction(reduction: str, fn: str) -> str:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -237,6 +243,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                         ("bias", bias)):
         if value is not None:
             _require_tensor(value, name, fn)
+            _same_device(input, value, name, fn)
             if value.shape != (channels,):
                 raise ValueError(f"{fn}: {name} must have shape ({channels},) for an input with {channels} "
                                  f"channels (shape {input.shape}), got {value.shape}")
