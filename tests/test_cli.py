@@ -53,6 +53,10 @@ BAD_VALUES = [
     (["--device", "tpu"], "--device"),
     (["--device", "cuda:x"], "--device"),
     (["--resume", "no_such_checkpoint.npz"], "--resume"),
+    (["--target", "label"], "--target"),
+    (["--val-fraction", "1"], "--val-fraction"),
+    (["--early-stopping", "0"], "--early-stopping"),
+    (["--task", "ranking"], "--task"),
     (["--no-such-option"], "--no-such-option"),
 ]
 

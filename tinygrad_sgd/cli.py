@@ -6,6 +6,12 @@
     tinygrad-sgd predict --checkpoint runs/<run>/checkpoint.npz --data new.csv --out predictions.csv
     tinygrad-sgd compare --epochs 3         # same run on CPU and GPU, side by side
     tinygrad-sgd bench                      # the benchmark scripts (from a source checkout)
+    tinygrad-sgd doctor                     # versions, devices and a smoke test per device
+
+Every value is checked before anything runs: a bad one is refused in one line,
+``tinygrad-sgd: error: ...``, with exit status 2, and leaves no run folder behind. A run
+that fails while training (it diverged, the disk filled) stops with one line and exit
+status 1, keeping what it had recorded.
 """
 
 from __future__ import annotations
@@ -110,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- checking the values
-# Every value is checked here, before any data is read, anything is trained or any folder
-# is created; a refusal names the option and the values it takes.
+# Every value is checked before anything is trained or any folder is created; a refusal
+# names the option and the values it takes.
 
 _MAX_SEED = 2**63 - 1  # seeds are stored in checkpoints as JSON and int64
 
@@ -194,17 +200,19 @@ def check_resume(args, tg, build) -> None:
 # ----------------------------------------------------------------------------- building a run
 
 
-def make_model(args, tg, input_shape=(64,), outputs: int = 10):
+def make_model(args, tg, input_shape=None, outputs: int = 10):
     """The network for one sample of ``input_shape`` (features, or (C, H, W) for the CNN)
     with ``outputs`` outputs (the classes, or 1 for regression). The defaults are the digits'."""
     nn = tg.nn
+    if input_shape is None:
+        input_shape = (64,) if args.model == "mlp" else (1, 8, 8)
     if args.model == "mlp":
         layers = [nn.Linear(int(np.prod(input_shape)), args.hidden), nn.ReLU()]
         if args.dropout:
             layers.append(nn.Dropout(args.dropout))
         layers.append(nn.Linear(args.hidden, outputs))
         return nn.Sequential(*layers)
-    channels, height, width = (1, 8, 8) if len(input_shape) == 1 else input_shape
+    channels, height, width = input_shape
     layers = [nn.Conv2d(channels, 16, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
               nn.Conv2d(16, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()]
     if args.dropout:
@@ -261,12 +269,6 @@ def make_batch_schedule(args, tg):
     return data.StepBatchSize(args.batch_size, step_size=5, factor=2, base_batch_size=args.batch_size)
 
 
-def load_data(args, tg) -> RunData:
-    """The train, validation and test splits of ``--data`` (the bundled digits by default),
-    normalised with training statistics (``tinygrad_sgd/rundata.py``)."""
-    return load_run_data(args)
-
-
 @dataclass
 class Run:
     """Everything one training run is made of."""
@@ -274,13 +276,13 @@ class Run:
     model: Any
     optimizer: Any
     scheduler: Any
-    interval: str           # when the scheduler steps: "epoch" or "step"
+    interval: str       # when the scheduler steps: "epoch" or "step"
     train_loader: Any
-    val_loader: Any      # None without a validation split
-    test_loader: Any
+    val_loader: Any     # None without a validation split
+    test_loader: Any    # looked at once, after training
     loss_fn: Any
-    metrics: tuple          # what fit records for the validation split
-    data: RunData
+    metrics: tuple      # what fit records on the validation split
+    data: RunData       # the splits and the spec (tinygrad_sgd/rundata.py)
 
 
 def prepare(args, device: str):
@@ -289,7 +291,7 @@ def prepare(args, device: str):
     import tinygrad_sgd as tg
 
     tg.manual_seed(args.seed)
-    run = build_run(args, tg, load_data(args, tg), device)
+    run = build_run(args, tg, load_run_data(args), device)
     return tg, run.model, run.optimizer, run.scheduler, run.interval, run.train_loader, run.test_loader
 
 
@@ -341,7 +343,7 @@ def command_train(args) -> int:
     check_run_dir(run_dir)
     tg.manual_seed(args.seed)
     try:
-        data = load_data(args, tg)
+        data = load_run_data(args)
         run = build_run(args, tg, data, device)
     except (ValueError, TypeError, OSError) as error:  # the data, or a value the objects refuse
         raise UsageError(str(error)) from None
@@ -479,7 +481,7 @@ def command_compare(args) -> int:
     for device in devices:
         tg.manual_seed(args.seed)
         try:
-            run = build_run(args, tg, load_data(args, tg), device)
+            run = build_run(args, tg, load_run_data(args), device)
         except (ValueError, TypeError, OSError) as error:  # the data, or a value the objects refuse
             raise UsageError(str(error)) from None
         args_quiet = argparse.Namespace(**{**vars(args), "quiet": True})

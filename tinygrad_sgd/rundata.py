@@ -55,6 +55,8 @@ class RunData:
 def load_run_data(args) -> RunData:
     """Read ``args.data`` (the bundled digits when None) and prepare the three splits."""
     if args.data is None:
+        if args.target is not None:
+            raise DataError("--target names a column of a CSV given with --data")
         # The digits as stored (counts 0..16), split as load_digits always split them;
         # mean 0 and std 16 reproduce its "scale" normalisation exactly.
         (x, y), (x_test, y_test) = load_digits(split=args.test_fraction, seed=args.seed, normalize=None,
