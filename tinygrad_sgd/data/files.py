@@ -133,7 +133,10 @@ def read_csv(path, *, target: str | None = None, require_target: bool = True,
     """A CSV with a header row: float32 features and the target column (numbers, or class
     names as strings). ``target=None`` takes the last column, unless ``require_target`` is
     False (then every column is a feature). ``features`` names the feature columns to take
-    (the others are ignored); the target is then read when its column is there."""
+    (the others are ignored); the target is then read when its column is there.
+
+    Rows are converted as they are read, so a file of 60,000 x 785 numbers needs the
+    float32 array and not a Python string per cell."""
     path = os.fspath(path)
     opener = gzip.open if path.lower().endswith(".gz") else open
     try:
@@ -143,24 +146,37 @@ def read_csv(path, *, target: str | None = None, require_target: bool = True,
             if header is None:
                 raise DataFileError(f"{path} is empty (expected a header row, then one sample per row)")
             header = [name.strip() for name in header]
-            rows, lines = [], []  # the cells, and each row's line in the file (for messages)
+            target_index, feature_columns = _columns(path, header, target, require_target, features)
+            names = [header[j] for j in feature_columns]
+            rows, target_cells, lines = [], [], []  # lines: each row's line in the file, for messages
             for row in reader:
                 if not any(cell.strip() for cell in row):
                     continue  # blank lines
                 if len(row) != len(header):
                     raise DataFileError(f"{path}, line {reader.line_num}: {len(row)} fields, but the header has "
                                         f"{len(header)} (ragged rows)")
-                rows.append(row)
+                rows.append(_numeric_row([row[j] for j in feature_columns], f"{path}, line {reader.line_num}",
+                                         names))
+                if target_index is not None:
+                    target_cells.append(row[target_index])
                 lines.append(reader.line_num)
     except UnicodeDecodeError:
         raise DataFileError(f"{path}: not a UTF-8 text file, so not a CSV") from None
     except csv.Error as error:
         raise DataFileError(f"{path}: not a readable CSV file ({error})") from None
+    if not rows:
+        raise DataFileError(f"{path} has a header but no rows")
+    y = None if target_index is None else _targets(np.array(target_cells, dtype=str), path, lines,
+                                                   header[target_index])
+    return DataFile(x=np.stack(rows), y=y, kind="CSV", feature_names=names,
+                    target_name=None if target_index is None else header[target_index])
+
+
+def _columns(path: str, header: list[str], target, require_target: bool, features):
+    """``(target index or None, feature column indices)`` from the header."""
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
         raise DataFileError(f"{path}: the header names column(s) {duplicates} more than once")
-    if not rows:
-        raise DataFileError(f"{path} has a header but no rows")
     target_index: int | None
     if target is None and require_target:
         if len(header) < 2:
@@ -172,7 +188,6 @@ def read_csv(path, *, target: str | None = None, require_target: bool = True,
         raise DataFileError(f"--target {target!r} is not a column of {path} (columns: {', '.join(header)})")
     else:
         target_index = None
-    cells = np.array(rows, dtype=str)
     if features is not None:
         missing = [name for name in features if name not in header]
         if missing:
@@ -182,24 +197,19 @@ def read_csv(path, *, target: str | None = None, require_target: bool = True,
         feature_columns = [j for j in range(len(header)) if j != target_index]
     if not feature_columns:
         raise DataFileError(f"{path}: no feature columns besides the target")
-    x = _numeric(cells[:, feature_columns], path, lines, [header[j] for j in feature_columns])
-    y = None if target_index is None else _targets(cells[:, target_index], path, lines, header[target_index])
-    return DataFile(x=x, y=y, kind="CSV", feature_names=[header[j] for j in feature_columns],
-                    target_name=None if target_index is None else header[target_index])
+    return target_index, feature_columns
 
 
-def _numeric(cells: np.ndarray, path: str, lines: list[int], names: list[str]) -> np.ndarray:
-    """The feature cells as float32; the first cell (in reading order) that is not a
-    finite number is named."""
+def _numeric_row(cells: list[str], where: str, names: list[str]) -> np.ndarray:
+    """One row's feature cells as float32; the first cell that is not a finite number is named."""
     try:
-        values = cells.astype(np.float64)
+        values = np.array(cells, dtype=np.float64)
     except ValueError:
         values = None
     if values is not None and np.isfinite(values).all():
         return values.astype(np.float32)
-    for i, row in enumerate(cells):
-        for j, cell in enumerate(row):
-            _check_cell(str(cell), f"{path}, line {lines[i]}, column {names[j]!r}")
+    for cell, name in zip(cells, names):
+        _check_cell(cell, f"{where}, column {name!r}")
     raise AssertionError("unreachable: some cell failed the vectorised conversion")
 
 
