@@ -168,6 +168,15 @@ def test_early_stopping_and_the_plateau_schedule_use_the_validation_split(tmp_pa
     assert len(history) < 60  # stopped on the validation loss
     losses = [float(r["val_loss"]) for r in history]
     assert min(losses[-2:]) > min(losses)  # the last two epochs did not improve on the best
+    # the checkpoint holds the best epoch's weights: its validation loss is the smallest recorded
+    args = cli.build_parser().parse_args(["train", "--data", str(data)])
+    split = rundata.load_run_data(args)
+    model = cli.make_model(args, tg, split.spec["input_shape"], 3)
+    model.load_state_dict(tg.train.load_checkpoint(tmp_path / "r" / "checkpoint.npz")["model"])
+    model.eval()
+    with tg.no_grad():
+        best = tg.nn.CrossEntropyLoss()(model(tg.Tensor(split.x_val)), tg.Tensor(split.y_val)).item()
+    assert best == pytest.approx(min(losses), rel=1e-5)
     status, out, err = run(["train", "--data", data, "--epochs", "12", "--schedule", "plateau", "--run-dir",
                             tmp_path / "p", "--quiet"], capsys)
     assert status == 0, err

@@ -360,7 +360,8 @@ def command_train(args) -> int:
         f"{args.epochs} epochs, device {device}")
     started = time.perf_counter()
     checkpoint = run_dir / "checkpoint.npz"
-    callbacks = () if args.early_stopping is None else (tg.train.EarlyStopping(patience=args.early_stopping),)
+    stopper = None if args.early_stopping is None else tg.train.EarlyStopping(patience=args.early_stopping)
+    callbacks = () if stopper is None else (stopper,)
     try:
         # NumPy's overflow warnings would only repeat what the NaN guard reports, in more lines.
         with np.errstate(over="ignore", invalid="ignore"):
@@ -375,6 +376,13 @@ def command_train(args) -> int:
     except OSError as error:
         raise RunError(f"training stopped: {error}; the last checkpoint, if any, is {checkpoint}") from None
     elapsed = time.perf_counter() - started
+    if stopper is not None and stopper.bad_epochs > stopper.patience and stopper.best_state is not None:
+        # The model now holds its best epoch's weights: so does the checkpoint that predict reads
+        # (the optimizer and loader state stay those of the last epoch).
+        saved = tg.train.load_checkpoint(checkpoint)
+        saved["model"] = run.model.state_dict()
+        tg.train.save_checkpoint(checkpoint, saved)
+        say(f"kept the weights of epoch {stopper.best_epoch + 1}, the best validation loss ({stopper.best:.4g})")
     _write_history(history, run_dir)
     history.plot(run_dir / "loss.png", title=f"{args.model} / {args.optimizer} on {data.name}")
     say(f"{_test_summary(tg, run)}  ({elapsed:.1f} s)")
