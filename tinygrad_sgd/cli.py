@@ -376,7 +376,7 @@ def command_train(args) -> int:
     except OSError as error:
         raise RunError(f"training stopped: {error}; the last checkpoint, if any, is {checkpoint}") from None
     elapsed = time.perf_counter() - started
-    if stopper is not None and stopper.bad_epochs > stopper.patience and stopper.best_state is not None:
+    if stopper is not None and stopper.bad_epochs > stopper.patience and stopper.best_epoch is not None:
         # The model now holds its best epoch's weights: so does the checkpoint that predict reads
         # (the optimizer and loader state stay those of the last epoch).
         saved = tg.train.load_checkpoint(checkpoint)
