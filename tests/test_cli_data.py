@@ -330,6 +330,7 @@ def malformed(tmp_path):
     np.savez(tmp_path / "keys.npz", features=np.zeros((3, 2)), labels=np.zeros(3))
     np.savez(tmp_path / "lengths.npz", X=np.zeros((3, 2)), y=np.zeros(4, np.int64))
     np.savez(tmp_path / "ok.npz", X=np.zeros((10, 2)), y=np.arange(10) % 2)
+    np.savez(tmp_path / "nhwc.npz", X=np.zeros((10, 8, 8, 3), np.uint8), y=np.arange(10) % 2)
     return [
         ([ragged], "line 3: 2 fields, but the header has 3"),
         ([nan], "line 3, column 'b': missing value 'nan'"),
@@ -344,6 +345,7 @@ def malformed(tmp_path):
         ([str(tmp_path / "nothing-*")], "matches no file"),
         ([missing_target, "--model", "cnn"], "--model cnn needs images"),
         ([tmp_path / "ok.npz", "--target", "y"], "--target names a CSV column"),
+        ([tmp_path / "nhwc.npz", "--model", "cnn"], "looks channels-last"),
         ([missing_target, "--test-fraction", "0.1", "--val-fraction", "0.5"], "both must be positive"),
     ]
 

@@ -199,6 +199,9 @@ def _layout(x: np.ndarray, model: str, name: str) -> str:
     if x.ndim not in (3, 4):
         raise DataError(f"--model cnn needs images, (N, H, W) or (N, C, H, W), but {name} has samples of shape "
                         f"{tuple(x.shape[1:])}; use --model mlp")
+    if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] > 4:
+        raise DataError(f"{name} looks channels-last, samples of shape {tuple(x.shape[1:])} (H, W, C); --model cnn "
+                        "takes (C, H, W): save x.transpose(0, 3, 1, 2)")
     height, width = x.shape[-2:]
     if min(height, width) < 4:
         raise DataError(f"--model cnn pools twice by 2 and needs images of at least 4x4, got {height}x{width}")
