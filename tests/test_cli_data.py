@@ -271,6 +271,18 @@ def test_an_idx_folder_round_trips_with_its_test_pair(tmp_path, gz):
     np.testing.assert_array_equal(got.y_test, y[60:])
 
 
+def test_idx_files_pair_by_part_whatever_their_names(tmp_path):
+    rng = np.random.default_rng(6)
+    images, labels = rng.integers(0, 255, (12, 5, 5)).astype(np.uint8), rng.integers(0, 4, 12).astype(np.uint8)
+    write_idx(tmp_path / "x_train.idx", images[:8])
+    write_idx(tmp_path / "y_train.idx", labels[:8])
+    write_idx(tmp_path / "x_test.idx", images[8:])
+    write_idx(tmp_path / "y_test.idx", labels[8:])
+    got = files.read_data(tmp_path)
+    np.testing.assert_array_equal(got.x, images[:8])
+    np.testing.assert_array_equal(got.y_test, labels[8:])
+
+
 def test_an_idx_glob_picks_one_pair(tmp_path):
     images, y = mnist_like(tmp_path)
     got = files.read_data(str(tmp_path / "t10k-*"))

@@ -336,8 +336,10 @@ def _is_test_name(name: str) -> bool:
 
 
 def _read_idx_files(paths: list[str], given: str) -> DataFile:
-    """Pair IDX image files (2-D or more) with label files (1-D): MNIST's names
-    (``images`` <-> ``labels``), or the only image file with the only label file."""
+    """Pair IDX image files (2-D or more) with label files (1-D). Files whose names say
+    ``t10k`` or ``test`` form the test pair, the others the training pair; within each,
+    the one image file goes with the one label file (or, with more, ``...images...`` with
+    ``...labels...`` as MNIST names them)."""
     arrays = {}
     for p in paths:
         if not _is_idx(p):
@@ -352,16 +354,21 @@ def _read_idx_files(paths: list[str], given: str) -> DataFile:
         raise DataFileError(f"{given}: an IDX data set needs an image file and a label file; found "
                             f"{len(images)} image file(s) and {len(labels)} label file(s)")
     pairs = []
-    if len(images) == 1 and len(labels) == 1:
-        pairs = [(images[0], labels[0])]
-    else:
-        for image in images:
-            base = os.path.basename(image)
-            wanted = base.replace("images", "labels").replace("idx3", "idx1")
-            match = [lab for lab in labels if os.path.basename(lab) == wanted]
+    for is_test in (False, True):
+        group_images = [p for p in images if _is_test_name(p) == is_test]
+        group_labels = [p for p in labels if _is_test_name(p) == is_test]
+        if len(group_images) == 1 and len(group_labels) == 1:
+            pairs.append((group_images[0], group_labels[0]))
+            continue
+        for image in group_images:
+            wanted = os.path.basename(image).replace("images", "labels").replace("idx3", "idx1")
+            match = [lab for lab in group_labels if os.path.basename(lab) == wanted]
             if not match:
                 raise DataFileError(f"{image}: no label file {wanted!r} beside it to pair with")
             pairs.append((image, match[0]))
+    if not pairs:  # e.g. training images with only test labels
+        raise DataFileError(f"{given}: no image file with a label file of the same part (train or test) "
+                            f"among {[os.path.basename(p) for p in paths]}")
     train = [pair for pair in pairs if not _is_test_name(pair[0])]
     test = [pair for pair in pairs if _is_test_name(pair[0])]
     if len(train) > 1 or len(test) > 1:
