@@ -69,7 +69,7 @@ def load_run_data(args) -> RunData:
         if args.target is not None and raw.kind != "CSV":
             raise DataError(f"--target names a CSV column, but {name} is {raw.kind} data")
     assert raw.y is not None  # read_data requires the target by default
-    task = _task(raw.y, getattr(args, "task", "auto"), name)
+    task = _task(raw.y, args.task, name)
     layout = _layout(raw.x, args.model, name)
     y_all = raw.y if raw.y_test is None else np.concatenate([raw.y, raw.y_test])
     classes = _classes(y_all, name) if task == "classification" else None
@@ -99,10 +99,10 @@ def load_run_data(args) -> RunData:
         y_float = np.asarray(y, dtype=np.float64)
         spec["target_mean"] = float(y_float.mean())
         spec["target_std"] = float(y_float.std()) or 1.0
-    return RunData(x_train=inputs(x, spec, shaped=True), y_train=targets(y, spec),
-                   x_val=None if x_val is None else inputs(x_val, spec), y_val=None if y_val is None else
-                   targets(y_val, spec), x_test=inputs(x_test, spec), y_test=targets(y_test, spec), spec=spec,
-                   name=name)
+    x_val_in = None if x_val is None else inputs(x_val, spec)
+    y_val_in = None if y_val is None else targets(y_val, spec)
+    return RunData(inputs(x, spec, shaped=True), targets(y, spec), x_val_in, y_val_in,
+                   inputs(x_test, spec), targets(y_test, spec), spec, name)
 
 
 # ----------------------------------------------------------------------------- the spec, applied
