@@ -40,7 +40,8 @@ CLASSIFICATION_METRICS = {
     "recall": metric_fns.recall,
     "f1": metric_fns.f1_score,
 }
-REGRESSION_METRICS = {"mse": metric_fns.mean_squared_error, "mae": metric_fns.mean_absolute_error}
+REGRESSION_METRICS = {"mse": metric_fns.mean_squared_error, "mae": metric_fns.mean_absolute_error,
+                      "r2": metric_fns.r2_score}
 
 
 class NonFiniteError(FloatingPointError):
@@ -181,7 +182,8 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         scheduler_interval: str = "epoch", accumulation_steps: int = 1, clip_grad_norm: float | None = None,
         callbacks=(), progress: bool = True, metrics=("accuracy",), scale_lr_with_batch_size: bool = False,
         checkpoint_path=None, checkpoint_every: int | None = None, resume_from=None, log=print,
-        noise_scale: bool = False, undo_nonfinite_step: bool = False) -> History:
+        noise_scale: bool = False, undo_nonfinite_step: bool = False,
+        checkpoint_extra: dict | None = None) -> History:
     """Train ``model`` with mini-batch SGD; return the :class:`History`.
 
     ``epochs`` is where training ends, counted by the loader: it runs until
@@ -219,6 +221,8 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     ``checkpoint_path``: save a checkpoint there after every epoch, and every
     ``checkpoint_every`` optimizer steps. ``resume_from``: continue a run from such a
     checkpoint; the result is bit-for-bit the run that was never interrupted (on the CPU).
+    ``checkpoint_extra``: anything else each checkpoint should carry, under ``"extra"``
+    (``tinygrad-sgd train`` keeps there what ``predict`` needs to rebuild the model).
 
     A NaN or Inf loss or gradient raises :class:`NonFiniteError` naming the epoch and step,
     before the optimizer applies it. The parameters are checked after every step too (a
@@ -283,6 +287,7 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "loader": train_loader.state_dict(), "rng": rng.get_rng_state(), "history": history.state_dict(),
             "loop": {"step": state.step, "epoch_sums": dict(epoch_sums), "lr_scale": lr_scale},
+            **({"extra": checkpoint_extra} if checkpoint_extra is not None else {}),
         })
 
     for callback in callbacks:
@@ -399,7 +404,7 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
 
 def _epoch_line(record: dict, epochs: int) -> str:
     parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"train_loss {record['train_loss']:.4f}"]
-    for key in ("train_accuracy", "val_loss", "val_accuracy", "val_mse"):
+    for key in ("train_accuracy", "val_loss", "val_accuracy", "val_mse", "val_r2"):
         if key in record:
             parts.append(f"{key} {record[key]:.4f}")
     parts.append(f"lr {record['lr']:.4g}")
