@@ -66,6 +66,8 @@ def accepts(array) -> bool:
 def address(array) -> int:
     """The device address of a CUDA array's first element (the pointer table's entries)."""
     if SIMULATOR:
+        if _is_cupy(array):  # viewed as a Numba array, as the launch does on a GPU
+            array = cuda.as_cuda_array(array, sync=False)
         ary = array._ary  # the simulator's device array wraps a NumPy array
         base = ary.ctypes.data
         known = _SIM_ARRAYS.get(base)
@@ -181,7 +183,7 @@ def _tree_sum(shared, tid):
         half //= 2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reduction_kernels(dtype: np.dtype):
     """The reduction kernels for one dtype (shared-memory arrays need a compile-time dtype,
     so the kernels are made per dtype; ``zero`` is a typed constant, not a float64 literal)."""
@@ -271,16 +273,12 @@ def _is_cupy(array) -> bool:
     return type(array).__module__.split(".")[0] == "cupy"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _max_blocks(device_id: int) -> int:
     if SIMULATOR:
         return _SIM_MAX_BLOCKS
     with cuda.gpus[device_id]:
         return _BLOCKS_PER_SM * cuda.get_current_device().MULTIPROCESSOR_COUNT
-
-
-def _is_cupy(array) -> bool:
-    return type(array).__module__.split(".")[0] == "cupy"
 
 
 class _Launch:

@@ -66,7 +66,10 @@ def sgd_update(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampen
     if t is None:
         return
     if t is host.OVERLAP:
-        return _one_at_a_time(sgd_update, dict(params=params, grads=grads, momentum_buffers=momentum_buffers), dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, maximize=maximize, first_step=first_step, grad_scale=grad_scale))
+        return _one_at_a_time(sgd_update, dict(params=params, grads=grads, momentum_buffers=momentum_buffers),
+                              dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                                   weight_decay=weight_decay, maximize=maximize, first_step=first_step,
+                                   grad_scale=grad_scale))
     ptrs, chunks, dtype, size = t
     scalars = host.sgd_scalars(dtype, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                                weight_decay=weight_decay, maximize=maximize, first_step=first_step,
@@ -90,7 +93,11 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, s
     if t is None:
         return
     if t is host.OVERLAP:
-        return _one_at_a_time(adam_update, dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, max_exp_avg_sqs=max_exp_avg_sqs), dict(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize, grad_scale=grad_scale))
+        return _one_at_a_time(adam_update, dict(params=params, grads=grads, exp_avgs=exp_avgs,
+                                                exp_avg_sqs=exp_avg_sqs, max_exp_avg_sqs=max_exp_avg_sqs),
+                              dict(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                   decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
+                                   maximize=maximize, grad_scale=grad_scale))
     ptrs, chunks, dtype, size = t
     scalars = host.adam_scalars(dtype, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                                 weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
@@ -115,7 +122,10 @@ def rmsprop_update(params, grads, square_avgs, momentum_buffers=None, grad_avgs=
     if t is None:
         return
     if t is host.OVERLAP:
-        return _one_at_a_time(rmsprop_update, dict(params=params, grads=grads, square_avgs=square_avgs, momentum_buffers=momentum_buffers, grad_avgs=grad_avgs), dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize, grad_scale=grad_scale))
+        return _one_at_a_time(rmsprop_update, dict(params=params, grads=grads, square_avgs=square_avgs,
+                                                   momentum_buffers=momentum_buffers, grad_avgs=grad_avgs),
+                              dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                   centered=centered, maximize=maximize, grad_scale=grad_scale))
     ptrs, chunks, dtype, size = t
     scalars = host.rmsprop_scalars(dtype, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                    momentum=momentum, centered=centered, maximize=maximize, grad_scale=grad_scale)
@@ -133,7 +143,9 @@ def adagrad_update(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, we
     if t is None:
         return
     if t is host.OVERLAP:
-        return _one_at_a_time(adagrad_update, dict(params=params, grads=grads, state_sums=state_sums), dict(step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize, grad_scale=grad_scale))
+        return _one_at_a_time(adagrad_update, dict(params=params, grads=grads, state_sums=state_sums),
+                              dict(step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                                   maximize=maximize, grad_scale=grad_scale))
     ptrs, chunks, dtype, size = t
     scalars = host.adagrad_scalars(dtype, step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                    eps=eps, maximize=maximize, grad_scale=grad_scale)

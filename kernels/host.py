@@ -164,6 +164,7 @@ class _Tables:
                     _check_like(name, i, s, p, dtype, device_kind, written=True)
         self.dtype = dtype
         stable = list(params) + [a for arrays in states if arrays is not None for a in arrays]
+        self.refs: list[weakref.ref] | None
         try:
             self.refs = [weakref.ref(a) for a in stable]
         except TypeError:  # an array type without weak references: checked and built at every call

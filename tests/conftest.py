@@ -1,22 +1,66 @@
 """Shared test fixtures.
 
-``device``: every test that takes it runs on the CPU and, when a CUDA GPU is usable
-through CuPy, again on the GPU (the GPU case is skipped, not dropped, without one).
+``device``: every test that takes it runs on the CPU and again on ``"cuda"`` (marked
+``cuda``, so ``-m cuda`` selects those cases). The GPU case runs when a CUDA device is
+usable through CuPy, and is skipped, not dropped, without one.
+
+The CuPy stand-in (``tests/cupy_standin``): with ``--cupy-standin`` or
+``TINYGRAD_SGD_CUPY_STANDIN=1`` the ``cuda`` cases run without a GPU on a strict stand-in
+``cupy`` module (NumPy arrays behind CuPy's rules; see its docstring for what it covers
+and cannot catch). With ``NUMBA_ENABLE_CUDASIM=1`` too, the Numba-CUDA kernels run on
+its arrays in Numba's CUDA simulator. CI runs this pass: ``.ci/cupy_standin.sh``. Nothing
+here imports tinygrad_sgd at module level: ``tinygrad_sgd.backend`` imports ``cupy`` once,
+so the stand-in must be on ``sys.path`` first (``pytest_configure``).
 """
+
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-import tinygrad_sgd as tg
-
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not tg.gpu_available(), reason="no CUDA GPU")),
-]
+STANDIN_ENV_VAR = "TINYGRAD_SGD_CUPY_STANDIN"
+STANDIN_DIR = Path(__file__).resolve().parent / "cupy_standin"
 
 
-@pytest.fixture(params=DEVICES)
+def pytest_addoption(parser):
+    parser.addoption("--cupy-standin", action="store_true", default=False,
+                     help="run the 'cuda' test cases on the strict CuPy stand-in in tests/cupy_standin "
+                          f"(same as {STANDIN_ENV_VAR}=1)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: a device-parametrized test case on the 'cuda' device")
+    config.addinivalue_line("markers", "standin: a test of the CuPy stand-in itself (runs with --cupy-standin)")
+    if config.getoption("--cupy-standin") or os.environ.get(STANDIN_ENV_VAR) == "1":
+        enable_cupy_standin()
+
+
+def enable_cupy_standin() -> None:
+    """Put the stand-in ``cupy`` first on ``sys.path`` (and on ``PYTHONPATH``, for the
+    subprocesses that tests start)."""
+    if "tinygrad_sgd.backend" in sys.modules or "cupy" in sys.modules:
+        raise pytest.UsageError("the CuPy stand-in must be enabled before tinygrad_sgd or cupy is imported")
+    sys.path.insert(0, str(STANDIN_DIR))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(STANDIN_DIR), os.environ.get("PYTHONPATH")]))
+    os.environ[STANDIN_ENV_VAR] = "1"
+
+
+def pytest_report_header(config):
+    if os.environ.get(STANDIN_ENV_VAR) == "1":
+        sim = "on" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else "off"
+        return f"cupy: the stand-in in {STANDIN_DIR} (Numba CUDA simulator {sim})"
+    return None
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def device(request):
+    if request.param == "cuda":
+        import tinygrad_sgd as tg
+
+        if not tg.gpu_available():
+            pytest.skip("no CUDA GPU (run with --cupy-standin for the CuPy stand-in)")
     return request.param
 
 

@@ -208,7 +208,7 @@ def test_mixed_devices_raise_a_clear_error():
     with pytest.raises(RuntimeError, match="same device"):
         tg.concat([cpu, other])
     with pytest.raises(RuntimeError, match="cpu"):
-        cpu < other
+        _ = cpu < other
 
 
 def test_dtype_promotion_flows_back_in_each_inputs_dtype():

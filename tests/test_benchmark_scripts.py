@@ -79,3 +79,41 @@ def test_engine_ab_runs_an_earlier_revision_beside_this_tree():
     assert names == ["numpy", "raw ops, at HEAD", "tg.nn, at HEAD", "raw ops, this tree", "tg.nn, this tree"]
     ratios = [float(row.rsplit(maxsplit=1)[1].rstrip("x")) for row in rows]
     assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
+
+
+def test_gpu_scripts_run_without_a_gpu():
+    """gpu_check.sh is valid bash; gpu_bandwidth.py says there is nothing to measure."""
+    if shutil.which("bash") is not None:
+        subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_check.sh")], check=True)
+    if tg.gpu_available():
+        pytest.skip("a GPU is present: benchmarks/gpu_check.sh runs gpu_bandwidth.py for real")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_bandwidth.py")], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "no CUDA GPU" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["cnn", "lstm", "mf", "mf_sparse"])
+def test_example_models_engine_and_torch_take_the_same_steps(monkeypatch, name):
+    """example_models.py's two steps start from the same weights and compute the same
+    training step (dropout off), so its ratios compare like with like."""
+    pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import example_models
+
+    shapes = example_models.QUICK[name]
+    engine_step, torch_step = example_models.build(name, shapes, dropout=0.0)
+    data = example_models.make_data(name, shapes, shapes["batch"] * 3)
+    losses = [(engine_step(b), torch_step(b)) for b in example_models._batches(data, shapes["batch"])]
+    assert len(losses) == 3 and len({ours for ours, _ in losses}) > 1  # the steps moved the weights
+    for ours, theirs in losses:
+        assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-6)
+
+
+def test_example_models_quick_mode_prints_every_ratio():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "example_models.py"), "--quick"],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
+    for name in ("cnn", "lstm", "mf", "mf_sparse"):
+        assert name in rows and float(rows[name][-1].rstrip("x")) > 0

@@ -89,10 +89,10 @@ def test_random_small_graphs_with_shared_nodes_match_torch():
         values = list(values)
         for kind, a, b in ops:
             x, y = values[a], values[b]
-            values.append({"add": lambda: x + y, "sub": lambda: x - y, "mul": lambda: x * y,
-                           "tanh": lambda: x.tanh(), "view": lambda: x.reshape(3, 1).reshape(3),
-                           "clone": lambda: x.clone(), "index": lambda: x[[0, 1, 2]],
-                           "reduce": lambda: x.sum() + y, "neg": lambda: -x}[kind]())
+            values.append({"add": lambda: x + y, "sub": lambda: x - y, "mul": lambda: x * y,  # noqa: B023 (called at once)
+                           "tanh": lambda: x.tanh(), "view": lambda: x.reshape(3, 1).reshape(3),  # noqa: B023 (called at once)
+                           "clone": lambda: x.clone(), "index": lambda: x[[0, 1, 2]],  # noqa: B023 (called at once)
+                           "reduce": lambda: x.sum() + y, "neg": lambda: -x}[kind]())  # noqa: B023 (called at once)
         return values
 
     for seed in range(150):
@@ -384,7 +384,7 @@ def test_pow_with_negative_base_and_integer_exponent_matches_torch():
     base = np.array([-2.0, -0.5, 0.0, 1.5])
     for exponent in (1, 2, 3, -1):
         with np.errstate(divide="ignore", invalid="ignore"):
-            assert_matches_torch(lambda a: a ** exponent, lambda a: a ** exponent, [base])
+            assert_matches_torch(lambda a: a ** exponent, lambda a: a ** exponent, [base])  # noqa: B023 (called at once)
 
 
 @needs_torch

@@ -253,7 +253,7 @@ def test_resume_mid_epoch_yields_exactly_the_uninterrupted_batches(stop_after):
     first = fresh()
     seen, state = [], None
     while len(seen) < stop_after:
-        for xb, yb in first:
+        for _, yb in first:
             seen.append(yb.numpy().tolist())
             if len(seen) == stop_after:
                 state = json.loads(json.dumps(first.state_dict()))  # survives a JSON checkpoint
@@ -314,7 +314,7 @@ def test_state_dict_at_epoch_end_points_at_the_next_epoch():
     it = iter(loader)
     for _ in range(len(loader)):
         next(it)
-    assert loader.state_dict() == {"seed": 0, "epoch": 1, "batch_index": 0, "num_samples": 23}
+    assert loader.state_dict() == {"seed": 0, "epoch": 1, "sample_offset": 0, "num_samples": 23}
 
 
 def test_resume_with_an_unseeded_loader_in_a_new_process_uses_the_saved_seed():
@@ -348,10 +348,10 @@ def test_load_state_dict_validates_before_changing_anything():
     good = loader.state_dict()
     with pytest.raises(ValueError, match="num_samples|samples per epoch"):
         loader.load_state_dict(dict(good, num_samples=24, seed=5))
-    with pytest.raises(ValueError, match="batch_index=6"):
-        loader.load_state_dict(dict(good, batch_index=6, seed=5))
+    with pytest.raises(ValueError, match="sample_offset=23"):
+        loader.load_state_dict(dict(good, sample_offset=23, seed=5))
     with pytest.raises(KeyError, match="epoch"):
-        loader.load_state_dict({"seed": 5, "batch_index": 0, "num_samples": 23})
+        loader.load_state_dict({"seed": 5, "sample_offset": 0, "num_samples": 23})
     with pytest.raises(ValueError, match="sequential"):
         loader.load_state_dict(dict(good, seed=None))
     assert loader.state_dict() == good and loader.seed == 3

@@ -94,8 +94,8 @@ def test_sentiment_corpus_labels_follow_the_stated_grammar():
         assert corpus.vocab.decode(row) == text and np.all(row[length:] == 0) and np.all(row[:length] != 0)
     assert min(forms.values()) > 50
     # Negation flips meaning: the same adjective appears under both labels.
-    good_positive = [bool(l) for t, l in zip(corpus.texts, corpus.labels) if " and " not in t and " but " not in t
-                     and t.endswith(" good")]
+    good_positive = [bool(label) for t, label in zip(corpus.texts, corpus.labels)
+                     if " and " not in t and " but " not in t and t.endswith(" good")]
     assert True in good_positive and False in good_positive
 
 

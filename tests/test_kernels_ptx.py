@@ -78,7 +78,8 @@ def test_every_float32_kernel_compiles_to_sm90_ptx_without_f64(compile_ptx):
 
 
 def test_f64_check_catches_a_float_literal(compile_ptx):
-    # The check above must be able to fail: a bare 0.1 in a kernel is a float64 constant (0.5 would be folded back to float32).
+    # The check above must be able to fail: a bare 0.1 in a kernel is a float64 constant
+    # (0.5 would be folded back to float32).
     def leaky(x):
         i = cuda.grid(1)
         if i < x.size:

@@ -202,7 +202,7 @@ def test_small_cnn_learns_synthetic_bars():
                           nn.Linear(6 * 4 * 4, 4))
     loss_fn = nn.CrossEntropyLoss()
     params = list(model.parameters())
-    for epoch in range(6):
+    for _ in range(6):
         order = generator.permutation(len(x_train))
         for start in range(0, len(order), 32):
             batch = order[start:start + 32]

@@ -174,7 +174,7 @@ def test_registration_rules():
     with pytest.raises(TypeError, match="Parameter or None"):
         layer.register_parameter("extra", tg.ones(1))
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
-        layer.missing
+        _ = layer.missing
     del layer.weight
     assert list(layer.parameters()) == []
 

@@ -125,7 +125,7 @@ CASES = [
     ("getitem_int_array_repeats", lambda a: a[IDX], lambda a: a[torch.as_tensor(IDX)], [((3, 4), normal)]),
     ("getitem_pairs", lambda a: a[IDX, np.array([1, 0, 0, 3])],
      lambda a: a[torch.as_tensor(IDX), torch.as_tensor([1, 0, 0, 3])], [((3, 4), normal)]),
-    ("getitem_tensor_index", lambda a: a[tg.Tensor(IDX)], lambda a: a[torch.as_tensor(IDX)],
+    ("getitem_tensor_index", lambda a: a[tg.Tensor(IDX, device=a.device)], lambda a: a[torch.as_tensor(IDX)],
      [((3, 4), normal)]),
     ("getitem_bool_mask", lambda a: a[MASK], lambda a: a[torch.as_tensor(MASK)], [((3, 4), normal)]),
     ("concat", lambda a, b: tg.concat([a, b], axis=1), lambda a, b: torch.cat([a, b], dim=1),

@@ -52,7 +52,7 @@ def test_linear_classifier_reaches_full_training_accuracy(name, kw):
         return np.mean(np.sign(scores) == y)
 
     assert accuracy() < 1.0
-    for epoch in range(40):
+    for epoch in range(40):  # noqa: B007 (reported after the loop)
         perm = order.permutation(N)
         for start in range(0, N, BATCH):
             idx = perm[start:start + BATCH]

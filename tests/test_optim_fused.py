@@ -404,7 +404,7 @@ def test_parameters_sharing_memory_behave_the_same_on_both_paths(name):
         b = tg.Tensor.from_array(base, requires_grad=True)
         c = tg.Tensor.from_array(base[2:], requires_grad=True)   # an overlapping view
         opt = getattr(tg.optim, name)([a, b, c], fused=fused, **_kw(name))
-        for step in range(5):
+        for _ in range(5):
             opt.zero_grad()
             ((a * a).sum() + (b * 3.0).sum() + (c * c * c).sum()).backward()
             opt.step()
@@ -683,7 +683,8 @@ def test_sparse_gradient_with_fused_true_raises_before_any_update():
     opt = tg.optim.SGD([a, b], lr=0.1, fused=True)
     a.grad = tg.Tensor(np.ones((4, 2)))
     b.grad = SparseRowGrad(np.array([1]), np.ones((1, 2), dtype=np.float32), (4, 2))
-    with pytest.raises(RuntimeError, match=r"parameter 1 of param_groups\[0\] \(shape \(4, 2\)\) has a sparse gradient"):
+    with pytest.raises(RuntimeError,
+                       match=r"parameter 1 of param_groups\[0\] \(shape \(4, 2\)\) has a sparse gradient"):
         opt.step()
     np.testing.assert_array_equal(a.detach().numpy(), 1.0)
     assert opt.state == {}

@@ -7,7 +7,7 @@
     loss.backward()          # w.grad now holds d loss / d w
 """
 
-from . import tensor  # noqa: I001  (first: the engine and the ops build on Tensor)
+from . import tensor as _tensor_module  # first: the engine and the ops build on Tensor
 from . import autograd, backend, data, nn, optim, train
 from .backend import gpu_available, set_default_device
 from .ops import concat, maximum, minimum, stack, where
@@ -24,6 +24,6 @@ __all__ = [
     "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed", "get_rng_state",
     "set_rng_state", "zeros", "ones", "full", "eye", "randn", "rand", "randint", "arange", "zeros_like",
     "ones_like", "full_like", "concat", "cat", "stack", "where", "maximum", "minimum", "float16", "float32",
-    "float64", "int32", "int64", "uint8", "bool_", "autograd", "backend", "nn", "optim", "data", "train", "gpu_available",
-    "set_default_device",
+    "float64", "int32", "int64", "uint8", "bool_", "autograd", "backend", "nn", "optim", "data", "train",
+    "gpu_available", "set_default_device",
 ]

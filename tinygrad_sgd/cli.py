@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run the benchmark scripts of a source checkout")
     bench.add_argument("names", nargs="*", help="benchmark names (default: all), e.g. op_overhead")
+    commands.add_parser("doctor", help="versions, threads, GPUs, extras and a smoke test per device")
     return parser
 
 
@@ -205,13 +206,16 @@ def command_compare(args) -> int:
         print(f"{device:>7}: {np.median(epoch_times):.3f} s/epoch (median of {len(epoch_times)}), "
               f"final val accuracy {history.epochs[-1].get('val_accuracy', float('nan')):.4f}")
     if len(devices) == 2:
-        (h_cpu, t_cpu, p_cpu), (h_gpu, t_gpu, p_gpu) = runs["cpu"], runs["cuda:0"]
+        (h_cpu, _, p_cpu), (h_gpu, _, p_gpu) = runs["cpu"], runs["cuda:0"]
         loss_drift = np.max(np.abs(np.array(h_cpu.steps["loss"]) - np.array(h_gpu.steps["loss"])))
         param_drift = max(float(np.max(np.abs(p_cpu[k] - p_gpu[k]))) for k in p_cpu)
         cpu_epoch = np.median([r["time_s"] for r in h_cpu.epochs])
         gpu_epoch = np.median([r["time_s"] for r in h_gpu.epochs])
         print(f"speed-up (CPU epoch time / GPU epoch time): {cpu_epoch / gpu_epoch:.2f}x")
         print(f"largest per-step loss difference: {loss_drift:.3g}; largest parameter difference: {param_drift:.3g}")
+        cpu_loss, gpu_loss = h_cpu.epochs[-1]["train_loss"], h_gpu.epochs[-1]["train_loss"]
+        print(f"last epoch's training loss: cpu {cpu_loss:.6g}, cuda:0 {gpu_loss:.6g}, relative difference "
+              f"{abs(gpu_loss - cpu_loss) / max(abs(cpu_loss), 1e-30):.3g}")
     return 0
 
 
@@ -236,11 +240,18 @@ def command_bench(args) -> int:
     return status
 
 
+def command_doctor(args) -> int:
+    from .doctor import main as doctor
+
+    return doctor()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "epochs", 1) < 1 or getattr(args, "batch_size", 1) < 1 or getattr(args, "accumulation", 1) < 1:
         build_parser().error("--epochs, --batch-size and --accumulation must be at least 1")
-    commands = {"train": command_train, "compare": command_compare, "bench": command_bench}
+    commands = {"train": command_train, "compare": command_compare, "bench": command_bench,
+                "doctor": command_doctor}
     return commands[args.command](args)
 
 

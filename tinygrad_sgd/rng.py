@@ -30,11 +30,11 @@ def generator() -> np.random.Generator:
 
 def get_rng_state() -> dict:
     """A copy of the global generator's state (a dict of ints and strings)."""
-    return _generator.bit_generator.state
+    return dict(_generator.bit_generator.state)
 
 
 def set_rng_state(state: dict) -> None:
     """Restore a state returned by :func:`get_rng_state`."""
     bit_generator = np.random.PCG64()
-    bit_generator.state = state  # validates the dict; raises before anything changes
+    bit_generator.state = state  # type: ignore[assignment]  # validates the dict; raises before any change
     _generator.bit_generator.state = state

@@ -8,10 +8,16 @@ backwards lives in ``tinygrad_sgd/autograd/engine.py``.
 
 from __future__ import annotations
 
+import builtins
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import backend, rng
 from .sparse import SparseRowGrad
+
+if TYPE_CHECKING:
+    from .autograd.engine import Function
 
 # ----------------------------------------------------------------------------- dtypes
 
@@ -68,6 +74,8 @@ class Tensor:
 
     __slots__ = ("_data", "_grad", "_requires_grad", "_ctx", "_device", "_retains_grad", "_version_counter",
                  "_post_accumulate_grad_hooks", "__weakref__")
+    _ctx: Function | None  # the op that recorded this tensor; None for a leaf
+    _post_accumulate_grad_hooks: list | None
 
     # Let NumPy hand `ndarray * tensor` to Tensor.__rmul__ instead of looping over elements.
     __array_ufunc__ = None
@@ -465,10 +473,10 @@ class Tensor:
     def relu(self):
         return ops.ReLU.apply(self)
 
-    def leaky_relu(self, negative_slope: float = 0.01):
+    def leaky_relu(self, negative_slope: builtins.float = 0.01):
         return ops.LeakyReLU.apply(self, negative_slope=float(negative_slope))
 
-    def softplus(self, beta: float = 1.0, threshold: float = 20.0):
+    def softplus(self, beta: builtins.float = 1.0, threshold: builtins.float = 20.0):
         return ops.Softplus.apply(self, beta=float(beta), threshold=float(threshold))
 
     def pow(self, exponent):
@@ -573,7 +581,8 @@ class Tensor:
     def permute(self, *dims):
         dims = tuple(ops.normalize_axis(d, self.data.ndim) for d in _shape_arg(dims))
         if sorted(dims) != list(range(self.data.ndim)):
-            raise ValueError(f"permute: {dims} is not a permutation of the {self.data.ndim} axes of shape {self.data.shape}")
+            raise ValueError(f"permute: {dims} is not a permutation of the {self.data.ndim} axes of shape "
+                             f"{self.data.shape}")
         return ops.Permute.apply(self, axes=dims)
 
     def transpose(self, dim0: int | None = None, dim1: int | None = None):
@@ -650,6 +659,7 @@ def _as_tensor(value, like: Tensor) -> Tensor:
         return value
     if isinstance(value, (bool, int, float, np.number, np.bool_)):
         like_dtype = like.data.dtype
+        dtype: np.dtype | None
         if isinstance(value, (float, np.floating)) and like_dtype.kind != "f":
             dtype = float32
         elif isinstance(value, (bool, np.bool_)) and like_dtype.kind == "b":

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
+from typing import Any
 
 import numpy as np
 
@@ -95,6 +96,10 @@ class Function:
     saves_inputs = True
     released = False  # True once backward has freed what the op kept
     sequence = 0      # recording order (see topological_order)
+    # Set by apply when the op is recorded:
+    inputs: tuple[Tensor, ...]
+    needs_input_grad: list[bool]
+    saved_versions: list[int] | None  # the inputs' versions when saved (None: saves_inputs is False)
 
     @classmethod
     def apply(cls, *inputs: Tensor, **params) -> Tensor:
@@ -181,6 +186,7 @@ def topological_order(roots: list[Tensor]) -> list[Tensor]:
         if tensor in reachable:
             continue
         fn = tensor._ctx
+        assert fn is not None  # the stack holds recorded tensors only
         if fn.released:
             raise RuntimeError("trying to backward through the graph a second time: its saved values "
                                "were freed by the first backward(); pass retain_graph=True to the "
@@ -207,14 +213,14 @@ def backward(roots: list[Tensor], root_grads: list, *, retain_graph: bool, creat
     the gradient of each input is returned (None where unused), and only the part of the
     graph that leads to those inputs is run.
     """
-    pending: dict[Tensor, object] = {}  # the gradient waiting at each tensor
+    pending: dict[Tensor, Any] = {}  # the gradient waiting at each tensor
     for root, g in zip(roots, root_grads):
         _add_pending(pending, root, _root_grad(g, root))
     # The gradients the caller passed in are theirs: a leaf must never get one as its .grad.
     handed_out = {id(_memory_owner(g.data)) for g in pending.values()}
     order = topological_order(roots)
     wanted = None if inputs is None else {t: i for i, t in enumerate(inputs)}
-    captured = None if inputs is None else [None] * len(inputs)
+    captured: list[Any] = [] if inputs is None else [None] * len(inputs)
     if wanted is not None:  # run only the ops that lead to a wanted tensor
         above = _above(order, wanted)
         order = [t for t in order if t in above or t in wanted]
@@ -223,6 +229,7 @@ def backward(roots: list[Tensor], root_grads: list, *, retain_graph: bool, creat
         for tensor in order:
             g = pending.pop(tensor, None)
             fn = tensor._ctx
+            assert fn is not None  # the order holds recorded tensors only
             if wanted is not None and tensor in wanted:
                 captured[wanted[tensor]] = g
                 if tensor not in above:
@@ -245,7 +252,7 @@ def backward(roots: list[Tensor], root_grads: list, *, retain_graph: bool, creat
                 accumulate_grad(tensor, g, handed_out)
                 for hook in tensor._post_accumulate_grad_hooks or ():
                     hook(tensor)
-    return captured
+    return None if inputs is None else captured
 
 
 def accumulate_grad(tensor: Tensor, g, handed_out: set) -> None:
@@ -338,7 +345,9 @@ def _above(order: list[Tensor], wanted: dict) -> set:
     lists consumers first, so walk it backwards)."""
     above: set[Tensor] = set()
     for tensor in reversed(order):
-        if any(t in wanted or t in above for t in tensor._ctx.inputs):
+        fn = tensor._ctx
+        assert fn is not None  # the order holds recorded tensors only
+        if any(t in wanted or t in above for t in fn.inputs):
             above.add(tensor)
     return above
 

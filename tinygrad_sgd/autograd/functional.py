@@ -54,6 +54,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None, c
         retain_graph = create_graph
     results = backward(list(outputs), list(grad_outputs), retain_graph=retain_graph,
                        create_graph=create_graph, inputs=list(inputs))
+    assert results is not None  # with inputs given, backward returns one entry per input
     if not allow_unused and any(r is None for r in results):
         raise RuntimeError("grad(): one of the inputs was not used to compute the outputs "
                            "(pass allow_unused=True to get None for it)")

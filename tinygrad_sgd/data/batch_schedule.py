@@ -134,6 +134,8 @@ class StepBatchSize(BatchSizeSchedule):
         self.initial = check_int(batch_size, "batch_size", minimum=1)
         if (milestones is None) == (step_size is None):
             raise ValueError("StepBatchSize: give exactly one of milestones= and step_size=")
+        self.milestones: list[int] | None
+        self.step_size: int | None
         if milestones is not None:
             self.milestones = [check_int(m, "milestone", minimum=1) for m in milestones]
             if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
@@ -152,6 +154,7 @@ class StepBatchSize(BatchSizeSchedule):
         epoch = check_int(epoch, "epoch", minimum=0)
         if self.milestones is not None:
             return sum(1 for m in self.milestones if m <= epoch)
+        assert self.step_size is not None  # __init__ sets exactly one of the two
         return epoch // self.step_size
 
     def wanted_batch_size(self, epoch: int) -> int:

@@ -15,9 +15,11 @@ the loader's device. No Python code runs per sample for array-backed datasets.
 Position and resuming. The loader counts epochs itself: a pass that hands out an
 epoch's last batch moves it to the next epoch, whose order is a new permutation
 computed from ``(seed, epoch)``. ``state_dict()`` is ``{"seed", "epoch",
-"batch_index", "num_samples"}`` (plain ints) where ``batch_index`` is the next batch to
-hand out; after ``load_state_dict`` the next ``for`` loop starts at exactly that batch of
-exactly that permutation, in this process or another one. A loop left early with
+"sample_offset", "num_samples"}`` (plain ints) where ``sample_offset`` counts the samples
+of the epoch's order already handed out; after ``load_state_dict`` the next ``for`` loop
+continues that permutation at exactly that sample, in this process or another one, and
+with any batch size: a run resumed with a new batch size (a changed batch-size schedule)
+still sees every sample of the epoch once. A loop left early with
 ``break`` (or a peek with ``next(iter(loader))``) does not finish the epoch: the next
 ``for`` loop starts the same epoch from its first batch, as a new iterator does in
 PyTorch; ``load_state_dict(state_dict())`` continues it instead.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor
+from ..tensor import Tensor, _check_dtype
 from ._checks import check_int, check_seed, resolve_seed
 from .batch_schedule import BatchSizeSchedule
 from .dataset import gather
@@ -129,8 +131,8 @@ class DataLoader:
         self._fixed_batch_size = fixed_batch_size
         self.device = device
         self._epoch = 0            # the epoch the next fresh iteration runs
-        self._start_batch = 0      # where that iteration starts (set by load_state_dict)
-        self._position = (0, 0)    # (epoch, next batch) of the latest iteration
+        self._start_offset = 0     # the sample it starts at (set by load_state_dict)
+        self._position = (0, 0)    # (epoch, samples handed out) of the latest iteration
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -174,54 +176,68 @@ class DataLoader:
         themselves)."""
         epoch = check_int(epoch, "epoch", minimum=0)
         self._num_batches(epoch)
-        self._epoch, self._start_batch, self._position = epoch, 0, (epoch, 0)
+        self._epoch, self._start_offset, self._position = epoch, 0, (epoch, 0)
         self.sampler.set_epoch(epoch)
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self):
-        epoch, start = self._epoch, self._start_batch
-        self._start_batch = 0
+        epoch, start = self._epoch, self._start_offset
+        self._start_offset = 0
         self.sampler.set_epoch(epoch)
         size = self.batch_size_at(epoch)
-        count = self._num_batches(epoch)
         order = self.sampler.indices(epoch)
         self._position = (epoch, start)
-        return self._batches(order, epoch, start, count, size)
+        return self._batches(order, epoch, start, size)
 
-    def _batches(self, order, epoch, start, count, size):
+    def _batches(self, order, epoch, start, size):
         dataset, device = self.dataset, self.device
-        for b in range(start, count):
-            batch = gather(dataset, order[b * size:(b + 1) * size])
+        # Batches are cut from ``start`` on (0, or where a resumed run stopped), so batch
+        # b of a fresh epoch is order[b*B:(b+1)*B] and a resume continues sample by sample.
+        count = _batch_count(len(order) - start, size, self.drop_last, epoch)
+        for b in range(count):
+            first = start + b * size
+            batch = _to_tensors(gather(dataset, order[first:first + size]), device)  # may raise: position unchanged
             if b + 1 == count:
                 # The epoch's last batch is handed out: the epoch is done. Advancing here
                 # (not after the consumer asks for one more) makes a checkpoint taken now
-                # say "epoch + 1, batch 0" instead of an empty rest of this epoch.
+                # say "epoch + 1, sample 0" instead of an empty rest of this epoch.
                 self._epoch = epoch + 1
                 self._position = (epoch + 1, 0)
             else:
-                self._position = (epoch, b + 1)
-            yield _to_tensors(batch, device)
+                self._position = (epoch, first + size)
+            yield batch
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
-        """Where the loader stands: ``{"seed", "epoch", "batch_index", "num_samples"}``.
+        """Where the loader stands: ``{"seed", "epoch", "sample_offset", "num_samples"}``.
 
-        ``batch_index`` is the next batch to hand out within ``epoch``; ``num_samples``
-        (samples per epoch) lets ``load_state_dict`` refuse a different dataset.
+        ``sample_offset`` is how many samples of ``epoch``'s order were handed out (the
+        next batch starts there, whatever its size); ``num_samples`` (samples per epoch)
+        lets ``load_state_dict`` refuse a different dataset.
         """
-        epoch, batch_index = self._position
-        return {"seed": self.seed, "epoch": epoch, "batch_index": batch_index, "num_samples": len(self.sampler)}
+        epoch, offset = self._position
+        return {"seed": self.seed, "epoch": epoch, "sample_offset": offset, "num_samples": len(self.sampler)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at ``state``: the next iteration yields exactly the batches an
-        uninterrupted run would have yielded from that point on."""
+        """Resume at ``state``: the next iteration continues the saved epoch's order at
+        the saved sample, so with the same batch size it yields exactly the batches an
+        uninterrupted run would have yielded, and with another batch size every remaining
+        sample of the epoch once. (With ``drop_last`` and fewer samples left than one
+        batch, the epoch is over: the next iteration starts the next one.) A state from
+        before ``sample_offset`` was recorded (``batch_index``) loads as
+        ``batch_index * batch_size``. Nothing changes when it raises.
+        """
         if not isinstance(state, dict):
             raise TypeError(f"load_state_dict expects a dict, got {type(state).__name__}")
-        missing = {"seed", "epoch", "batch_index", "num_samples"} - set(state)
+        state = dict(state)
+        if "sample_offset" not in state and "batch_index" in state and "epoch" in state:
+            batch_index = check_int(state.pop("batch_index"), "batch_index", minimum=0)
+            state["sample_offset"] = batch_index * self.batch_size_at(check_int(state["epoch"], "epoch", minimum=0))
+        missing = {"seed", "epoch", "sample_offset", "num_samples"} - set(state)
         if missing:
             raise KeyError(f"DataLoader.load_state_dict: missing keys {sorted(missing)}")
         epoch = check_int(state["epoch"], "epoch", minimum=0)
-        batch_index = check_int(state["batch_index"], "batch_index", minimum=0)
+        offset = check_int(state["sample_offset"], "sample_offset", minimum=0)
         seed = check_seed(state["seed"])
         if state["num_samples"] != len(self.sampler):
             raise ValueError(f"DataLoader.load_state_dict: the state is for {state['num_samples']} samples per epoch, "
@@ -230,14 +246,18 @@ class DataLoader:
             raise ValueError("DataLoader.load_state_dict: the state is from a "
                              f"{'sequential' if seed is None else 'shuffling'} loader, this one "
                              f"{'shuffles' if seed is None else 'is sequential'}")
-        count = self._num_batches(epoch)
-        if batch_index >= count:
-            raise ValueError(f"DataLoader.load_state_dict: batch_index={batch_index} but epoch {epoch} has "
-                             f"{count} batches")
+        samples = len(self.sampler)
+        if offset >= samples:
+            raise ValueError(f"DataLoader.load_state_dict: sample_offset={offset} but epoch {epoch} has "
+                             f"{samples} samples")
+        self._num_batches(epoch)  # the epoch must have a batch at this loader's batch size
+        if self.drop_last and samples - offset < self.batch_size_at(epoch):
+            epoch, offset = epoch + 1, 0  # no full batch left: the epoch is over
+            self._num_batches(epoch)
         # All checks passed: now change state.
         self.sampler.seed = seed
         self.sampler.set_epoch(epoch)
-        self._epoch, self._start_batch, self._position = epoch, batch_index, (epoch, batch_index)
+        self._epoch, self._start_offset, self._position = epoch, offset, (epoch, offset)
 
     def __repr__(self) -> str:
         size = ("schedule=" + repr(self.batch_size_schedule) if self.batch_size_schedule is not None
@@ -255,7 +275,15 @@ def _batch_count(samples: int, size: int, drop_last: bool, epoch: int) -> int:
 
 
 def _to_tensors(batch, device: str):
-    """Wrap gathered arrays as Tensors on ``device`` (no copy when already there)."""
+    """Wrap gathered arrays as Tensors on ``device`` (no copy when already there), with
+    the dtype check ``Tensor()`` makes (a dataset of strings is refused, not wrapped)."""
     if isinstance(batch, tuple):
-        return tuple(Tensor._make(backend.to_device(a, device), device) for a in batch)
-    return Tensor._make(backend.to_device(batch, device), device)
+        return tuple(_to_tensor(a, device) for a in batch)
+    return _to_tensor(batch, device)
+
+
+def _to_tensor(array, device: str):
+    if not backend.is_array(array):
+        raise TypeError(f"DataLoader: the dataset gave a {type(array).__name__} where an array of numbers belongs")
+    _check_dtype(array.dtype, "DataLoader: a batch from the dataset")
+    return Tensor._make(backend.to_device(array, device), device)

@@ -75,11 +75,11 @@ def train_test_split(*arrays, test_size=0.25, seed: int | None = None, stratify=
     """
     if not arrays:
         raise ValueError("train_test_split needs at least one array")
-    arrays = [_as_numpy(a) for a in arrays]
+    arrays = tuple(_as_numpy(a) for a in arrays)
     lengths = [a.shape[0] if a.ndim else None for a in arrays]
     if None in lengths or len(set(lengths)) > 1:
         raise ValueError(f"train_test_split: arrays must have equal lengths along axis 0, got {lengths}")
-    n = lengths[0]
+    n = arrays[0].shape[0]
     n_test = _test_count(test_size, n)
     if not shuffle:
         if stratify is not None:
@@ -95,12 +95,12 @@ def train_test_split(*arrays, test_size=0.25, seed: int | None = None, stratify=
             test = _stratified_test_indices(labels, n_test, gen)
         else:
             test = gen.permutation(n)[:n_test]
-        mask = np.ones(n, dtype=bool)
+        mask = np.ones(n, dtype=np.bool_)
         mask[test] = False
         # Shuffle both parts so that classes (or the original order) are not in blocks.
         train = gen.permutation(np.flatnonzero(mask))
         test = gen.permutation(test)
-    out = []
+    out: list[np.ndarray] = []
     for a in arrays:
         out.extend((a[train], a[test]))
     return out

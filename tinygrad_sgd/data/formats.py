@@ -18,11 +18,12 @@ straight to the NCHW layout of ``Conv2d``.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 
 import numpy as np
 
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -68,7 +69,7 @@ def read_idx(path) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions need {header_end})")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_TYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: 2**32-1 per dimension overflows int64
     actual = len(raw) - header_end
     if actual != expected:
         what = "truncated" if actual < expected else "has trailing bytes"

@@ -24,6 +24,7 @@ shuffled one a read per row — which is what random access to a disk costs anyw
 from __future__ import annotations
 
 import glob
+import math
 import os
 
 import numpy as np
@@ -52,11 +53,13 @@ class _NpyShard:
             raise ValueError(f"MemmapDataset: {path} has unsupported dtype {dtype} (numbers only)")
         if len(shape) == 0:
             raise ValueError(f"MemmapDataset: {path} holds a 0-d array; rows need a leading axis")
+        if any(not isinstance(n, int) or n < 0 for n in shape):
+            raise ValueError(f"MemmapDataset: {path} has a corrupt header: shape {shape} has a negative dimension")
         if fortran_order and len(shape) > 1:
             raise ValueError(f"MemmapDataset: {path} is stored in Fortran order, so its rows are not contiguous; "
                              "save it with numpy.ascontiguousarray(array)")
         self.rows, self.row_shape, self.dtype = int(shape[0]), tuple(shape[1:]), dtype
-        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * dtype.itemsize
+        self.row_bytes = math.prod(self.row_shape) * dtype.itemsize  # Python ints: a corrupt header cannot overflow
         expected = self.offset + self.rows * self.row_bytes
         actual = os.path.getsize(path)
         if actual != expected:
@@ -68,7 +71,7 @@ class _NpyShard:
         """Fill ``out[k]`` with row ``rows[k]``; ``rows`` sorted, unique, in range."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        buffer = memoryview(out).cast("B")
+        buffer = out.data.cast("B")  # a byte view of out's memory
         fd, row_bytes = self._fd, self.row_bytes
         # Runs of consecutive rows: each is one read.
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
@@ -167,6 +170,8 @@ class MemmapDataset(Dataset):
         if not isinstance(index, (int, np.integer)):
             raise TypeError(f"MemmapDataset indices must be integers, got {type(index).__name__}")
         index = int(index)
+        if not -self._length <= index < self._length:
+            raise IndexError(f"MemmapDataset: index {index} out of range for {self._length} rows")
         if index < 0:
             index += self._length
         return tuple(rows[0] for rows in self.gather(np.array([index], dtype=np.int64)))

@@ -90,6 +90,8 @@ class RandomSampler(Sampler):
     in place of ``generator=``.
     """
 
+    seed: int  # always set (drawn at construction when not given)
+
     def __init__(self, data_source, replacement: bool = False, num_samples: int | None = None,
                  seed: int | None = None):
         self.n = self.data_size = _length_of(data_source, "RandomSampler")
@@ -130,6 +132,8 @@ class WeightedRandomSampler(Sampler):
     is drawn at most once per epoch (so at most as many as there are non-zero weights).
     PyTorch's arguments, with ``seed=`` in place of ``generator=``.
     """
+
+    seed: int  # always set (drawn at construction when not given)
 
     def __init__(self, weights, num_samples: int, replacement: bool = True, seed: int | None = None):
         if isinstance(weights, Tensor):
@@ -181,6 +185,8 @@ class DistributedSampler(Sampler):
     because all replicas must agree on it, and ``set_epoch(e)`` must be called each epoch
     (the DataLoader does it) or every epoch repeats the same order.
     """
+
+    seed: int  # always set (drawn at construction when not given)
 
     def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False):

@@ -41,6 +41,12 @@ def _same_dtype(x: Tensor, w: Tensor, fn: str) -> None:
                         f"(convert the input with .to(dtype=...) or build the layer with dtype={x.dtype})")
 
 
+def _same_device(x: Tensor, value: Tensor, name: str, fn: str) -> None:
+    if value.device != x.device:
+        raise RuntimeError(f"{fn}: {name} is on {value.device} but the input is on {x.device} "
+                           "(move the model or the input with .to())")
+
+
 def _check_reduction(reduction: str, fn: str) -> str:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -125,7 +131,7 @@ def _check_image_input(input: Tensor, fn: str) -> Tensor:
     return input
 
 
-def _check_output_size(geometry: Geometry, hw: tuple, fn: str) -> tuple:
+def _check_output_size(geometry: nn_ops.Geometry, hw: tuple, fn: str) -> tuple:
     out = geometry.out_hw(*hw)
     if min(out) < 1:
         top, bottom, left, right = geometry.pads
@@ -185,7 +191,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     return out.squeeze(0) if unbatched else out
 
 
-def _pool_geometry(input: Tensor, kernel_size, stride, padding, fn: str) -> Geometry:
+def _pool_geometry(input: Tensor, kernel_size, stride, padding, fn: str) -> nn_ops.Geometry:
     kernel = _pair(kernel_size, "kernel_size", fn, 1)
     stride_ = kernel if stride is None else _pair(stride, "stride", fn, 1)
     ph, pw = _pair(padding, "padding", fn, 0)
@@ -237,6 +243,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                         ("bias", bias)):
         if value is not None:
             _require_tensor(value, name, fn)
+            _same_device(input, value, name, fn)
             if value.shape != (channels,):
                 raise ValueError(f"{fn}: {name} must have shape ({channels},) for an input with {channels} "
                                  f"channels (shape {input.shape}), got {value.shape}")
@@ -471,8 +478,8 @@ def nll_loss(input: Tensor, target, weight=None, ignore_index: int = -100, reduc
     _check_reduction(reduction, fn)
     input, target, unbatched = _batched(input, target, fn)
     indices, _ = _class_target(input, target, fn, ignore_index)
-    out = nn_ops.NLLLoss.apply(input, target=indices, weight=_class_weight(weight, input, fn), ignore_index=ignore_index,
-                         reduction=reduction)
+    out = nn_ops.NLLLoss.apply(input, target=indices, weight=_class_weight(weight, input, fn),
+                               ignore_index=ignore_index, reduction=reduction)
     return out.reshape(()) if unbatched and reduction == "none" else out
 
 

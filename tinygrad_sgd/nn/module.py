@@ -50,7 +50,8 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
 
-_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+# torch's repr name: IncompatibleKeys(missing_keys=..., unexpected_keys=...)
+_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])  # type: ignore[name-match]
 
 
 def _as_array(value, key: str):
@@ -281,10 +282,11 @@ class Module:
                     if tensor is None:
                         continue
                     device, array = convert(tensor.data, tensor.device)
-                    tensor.data, tensor._device = array, device
+                    # the device first: the checked .data setter refuses an array on another device
+                    tensor._device, tensor.data = device, array
                     grad = tensor.grad if isinstance(tensor.grad, Tensor) else None
                     if grad is not None:
-                        grad.data, grad._device = convert(grad.data, grad.device)[1], device
+                        grad._device, grad.data = device, convert(grad.data, grad.device)[1]
                     elif tensor.grad is not None:  # a SparseRowGrad cannot follow: drop it
                         tensor.grad = None
 
@@ -356,7 +358,8 @@ class Module:
         unexpected key raises ``RuntimeError`` listing them, and a value whose shape
         differs raises naming the key and both shapes (also with ``strict=False``).
         Values are cast to each tensor's dtype and copied onto its device, into the same
-        arrays. Returns ``(missing_keys, unexpected_keys)``.
+        arrays; a float value that the cast makes infinite (a float64 beyond float32's
+        range) raises ``ValueError``. Returns ``(missing_keys, unexpected_keys)``.
         """
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"load_state_dict expects a mapping of names to arrays, got {type(state_dict).__name__}")
@@ -382,6 +385,18 @@ class Module:
             if tensor.data.dtype.kind in "iub" and array.dtype.kind == "f":
                 raise TypeError(f"load_state_dict: '{key}' holds {tensor.data.dtype} values; the checkpoint "
                                 f"has floating-point dtype {array.dtype}")
+            target = tensor.data.dtype
+            if array.dtype.kind == "f" and target.kind == "f" and array.dtype.itemsize > target.itemsize:
+                # float64 -> float32 turns values beyond float32's range into inf with only a
+                # NumPy warning: cast here, before anything changes, and refuse what it loses.
+                xp = backend.get_array_module(array)
+                with np.errstate(over="ignore"):
+                    cast = array.astype(target)
+                lost = int(xp.count_nonzero(~xp.isfinite(cast))) - int(xp.count_nonzero(~xp.isfinite(array)))
+                if lost:
+                    raise ValueError(f"load_state_dict: '{key}' holds {lost} value(s) beyond the range of {target} "
+                                     f"(the checkpoint has {array.dtype}); they would become inf")
+                array = cast
             arrays[key] = array
         # Every check passed: now copy (tied tensors are simply written twice).
         for key, array in arrays.items():

@@ -80,6 +80,10 @@ class _BatchNorm(Module):
             raise ValueError(f"{name}: expected {self.num_features} channels (num_features) at axis 1, "
                              f"got input shape {input.shape}")
         F._require_float(input, "input", name)
+        for what in ("weight", "running_mean"):  # before forward changes num_batches_tracked
+            value = getattr(self, what)
+            if value is not None:
+                F._same_device(input, value, what, name)
         if self.weight is not None:
             F._same_dtype(input, self.weight, name)
 

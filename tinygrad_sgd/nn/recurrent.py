@@ -122,14 +122,14 @@ class RNNBase(Module):
         else:  # a plain data tensor: slice the raw array, no graph to build
             inputs = [Tensor._make(input.data[:, t] if self.batch_first else input.data[t], input.device)
                       for t in range(steps)]
-        finals = [[] for _ in states]
+        finals: list[list[Tensor]] = [[] for _ in states]
         for layer in range(self.num_layers):
             outputs_per_direction = []
             for direction in range(self._directions):
                 index = layer * self._directions + direction
                 state = [s[index] for s in states]
                 params = self._layer_params(layer, direction)
-                outputs = [None] * steps
+                outputs: list = [None] * steps
                 for t in (range(steps - 1, -1, -1) if direction else range(steps)):
                     state = self._cell(inputs[t], state, params)
                     outputs[t] = state[0]

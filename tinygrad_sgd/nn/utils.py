@@ -143,7 +143,8 @@ def clip_grads_with_norm_(parameters, max_norm: float, total_norm) -> None:
 def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> Tensor:
     r"""Rescale all gradients together so their joint norm is at most ``max_norm``.
 
-    .. math:: g \leftarrow g \cdot \min\left(1, \frac{\text{max\_norm}}{\lVert (g_1, \dots, g_n) \rVert_p + 10^{-6}}\right)
+    .. math::
+        g \leftarrow g \cdot \min\left(1, \frac{\text{max\_norm}}{\lVert (g_1, \dots, g_n) \rVert_p + 10^{-6}}\right)
 
     The direction of the full gradient is kept and only its length is capped, which is
     what keeps exploding gradients (RNNs, Pascanu et al. 2013) from throwing the weights
@@ -396,7 +397,7 @@ class AnnealedGradNoise:
         return std
 
     def state_dict(self) -> dict:
-        state = {"eta": self.eta, "gamma": self.gamma, "t": self.t}
+        state: dict = {"eta": self.eta, "gamma": self.gamma, "t": self.t}
         if self._generator is not None:
             state["generator_state"] = self._generator.bit_generator.state
         return state

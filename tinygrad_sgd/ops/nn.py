@@ -16,6 +16,12 @@ arguments and calls them.
 ``BatchNormTrain`` computes its plain backward from the normalised input it saved, and
 recomputes that input with Tensor ops when the backward is recorded (``create_graph``),
 so second derivatives through it stay exact.
+
+**CPU fast paths.** On NumPy arrays the convolution and pooling ops run Numba kernels
+(``cpu_kernels.py``, ``kernels/conv.py``): im2col into a ``(C*kh*kw, N*Ho*Wo)`` layout so
+the forward pass and the weight gradient are one GEMM each, col2im and pooling with one
+thread per plane (no ``np.add.at``). The array code below each ``if`` is the readable
+reference, held equal to the kernels by the tests, and the code that runs on CuPy arrays.
 """
 
 from __future__ import annotations
@@ -25,10 +31,9 @@ import numpy as np
 from .. import backend
 from ..autograd.engine import Function, is_grad_enabled
 from ..sparse import SparseRowGrad
-from ..tensor import Tensor
+from . import cpu_kernels
 from .common import constant
 from .shape import IndexAdd
-
 
 # ----------------------------------------------------------------------------- linear
 
@@ -141,6 +146,10 @@ class Conv2d(Function):
 
     def forward(self, x, weight, bias=None, *, geometry):
         self.geometry = geometry
+        self.cols = None  # the im2col columns, kept for the weight gradient (fast path)
+        if cpu_kernels.available(x, weight, bias):
+            out, self.cols = cpu_kernels.conv_forward(x, weight, bias, geometry)
+            return out
         out = _conv_forward(x, weight, geometry)
         if bias is not None:
             out += bias.reshape(1, -1, 1, 1)
@@ -153,7 +162,7 @@ class Conv2d(Function):
         if needs[0]:
             grad_x = Conv2dInputGrad.apply(grad, weight, x_shape=x.data.shape, geometry=self.geometry)
         if needs[1]:
-            grad_w = Conv2dWeightGrad.apply(x, grad, geometry=self.geometry)
+            grad_w = Conv2dWeightGrad.apply(x, grad, geometry=self.geometry, cols=self.cols)
         if len(needs) > 2 and needs[2]:
             grad_b = grad.sum(axis=(0, 2, 3))
         return (grad_x, grad_w, grad_b)[:len(self.inputs)]
@@ -168,6 +177,8 @@ class Conv2dInputGrad(Function):
 
     def forward(self, grad_out, weight, *, x_shape, geometry):
         self.x_shape, self.geometry = x_shape, geometry
+        if cpu_kernels.available(grad_out, weight):
+            return cpu_kernels.conv_input_grad(grad_out, weight, x_shape, geometry)
         n, out_channels, ho, wo = grad_out.shape
         _, c, kh, kw = weight.shape
         cols = weight.reshape(out_channels, -1).T @ grad_out.reshape(n, out_channels, ho * wo)
@@ -189,8 +200,11 @@ class Conv2dWeightGrad(Function):
     ``conv^T(g, h)`` for ``x`` and ``conv(x, h)`` for ``g``.
     """
 
-    def forward(self, x, grad_out, *, geometry):
+    def forward(self, x, grad_out, *, geometry, cols=None):
+        """``cols``: the forward's im2col columns of ``x`` (fast path), or None."""
         self.geometry = geometry
+        if cpu_kernels.available(x, grad_out):
+            return cpu_kernels.conv_weight_grad(x, grad_out, geometry, cols)
         n, c = x.shape[:2]
         out_channels, ho, wo = grad_out.shape[1:]
         kh, kw = geometry.kernel
@@ -216,6 +230,10 @@ class MaxPool2d(Function):
     a window holding NaN outputs NaN and sends its gradient to its first element)."""
 
     def forward(self, x, *, geometry):
+        self.geometry, self.hw, self.argmax = geometry, x.shape[2:], None
+        if cpu_kernels.available(x):
+            out, self.argmax = cpu_kernels.max_pool(x, geometry)
+            return out
         xp = backend.get_array_module(x)
         n, c, h, w = x.shape
         kw = geometry.kernel[1]
@@ -245,6 +263,13 @@ class MaxPool2d(Function):
         return best
 
     def backward(self, grad, output):
+        if self.argmax is not None:  # fast path: argmax indexes each plane of the input
+            x_shape = self.inputs[0].data.shape
+            if not is_grad_enabled():
+                return (constant(cpu_kernels.max_pool_backward(grad.data, self.argmax, x_shape), grad),)
+            planes = np.arange(x_shape[0] * x_shape[1]).reshape(x_shape[:2] + (1, 1)) * (x_shape[2] * x_shape[3])
+            index = (planes + self.argmax).reshape(-1)  # create_graph: a differentiable scatter
+            return (IndexAdd.apply(grad.reshape(-1), shape=(int(np.prod(x_shape)),), index=index).reshape(x_shape),)
         size = int(np.prod(self.padded_shape))
         padded = IndexAdd.apply(grad.reshape(-1), shape=(size,), index=self.index).reshape(self.padded_shape)
         if not any(self.geometry.pads):
@@ -258,6 +283,8 @@ class AvgPool2d(Function):
 
     def forward(self, x, *, geometry, count_include_pad):
         self.geometry, self.count_include_pad, self.x_shape = geometry, count_include_pad, x.shape
+        if cpu_kernels.available(x):
+            return cpu_kernels.avg_pool(x, geometry, count_include_pad)
         ho, wo = geometry.out_hw(*x.shape[2:])
         windows = _windows(_pad(x, geometry.pads), geometry.kernel, geometry.stride, (1, 1), (ho, wo))
         return windows.sum(axis=(2, 3)) / _pool_divisor(x, x.shape, geometry, count_include_pad, (ho, wo))
@@ -280,6 +307,8 @@ class AvgPool2dAdjoint(Function):
 
     def forward(self, grad_out, *, x_shape, geometry, count_include_pad):
         self.geometry, self.count_include_pad = geometry, count_include_pad
+        if cpu_kernels.available(grad_out):
+            return cpu_kernels.avg_pool_backward(grad_out, x_shape, geometry, count_include_pad)
         xp = backend.get_array_module(grad_out)
         n, c, ho, wo = grad_out.shape
         scaled = grad_out / _pool_divisor(grad_out, x_shape, geometry, count_include_pad, (ho, wo))
@@ -424,14 +453,16 @@ class CrossEntropy(Function):
             return -picked.sum() / self.denominator if reduction == "mean" else -picked.sum()
         valid = target != ignore_index
         safe = xp.where(valid, target, 0)[:, None]
-        picked = xp.take_along_axis(logp, safe, axis=1)[:, 0]
+        # An ignored row contributes 0 even when its logits are NaN (torch): select, do not
+        # multiply by a zero weight (0 * NaN is NaN).
+        picked = xp.where(valid, xp.take_along_axis(logp, safe, axis=1)[:, 0], 0)
         class_w = xp.ones(classes, dtype=logits.dtype) if weight is None else weight
         w_y = class_w[safe[:, 0]] * valid  # 0 for ignored targets
         e = label_smoothing
         loss = -(1.0 - e) * w_y * picked
         w_shape = (1, -1) + (1,) * (logits.ndim - 2)
         if e > 0:
-            loss = loss - (e / classes) * (logp * class_w.reshape(w_shape)).sum(axis=1) * valid
+            loss = loss - (e / classes) * xp.where(valid, (logp * class_w.reshape(w_shape)).sum(axis=1), 0)
         self.logp, self.safe, self.valid, self.w_y = logp, safe, valid, w_y
         self.class_w, self.w_shape, self.e, self.reduction = class_w, w_shape, e, reduction
         self.denominator = float(w_y.sum()) if reduction == "mean" else 1.0

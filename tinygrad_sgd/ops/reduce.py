@@ -96,6 +96,8 @@ class Softmax(Function):
         self.axis = axis
         xp = get_array_module(x)
         x = as_float(x)
+        if x.size == 0:  # max() of an empty axis raises; softmax of nothing is nothing (torch)
+            return xp.empty_like(x)
         e = xp.exp(x - x.max(axis=axis, keepdims=True))
         return e / e.sum(axis=axis, keepdims=True)
 
@@ -110,6 +112,8 @@ class LogSoftmax(Function):
         self.axis = axis
         xp = get_array_module(x)
         x = as_float(x)
+        if x.size == 0:  # as Softmax: an empty result, not max()'s error
+            return xp.empty_like(x)
         shifted = x - x.max(axis=axis, keepdims=True)
         return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd.engine import Function
-from ..backend import get_array_module, index_add
+from ..backend import get_array_module, index_add, to_device
 from ..tensor import Tensor
 from .common import normalize_axis
 from .reduce import unbroadcast
@@ -57,11 +57,11 @@ def raw_index(index, tensor: Tensor):
 
     def convert(part):
         if isinstance(part, Tensor):
-            if part._device != tensor._device:
+            if part._device not in (tensor._device, "cpu"):  # a CPU index moves (as in PyTorch)
                 raise RuntimeError(f"index tensor is on {part._device} but the indexed tensor is on {tensor._device}")
             if part.data.dtype.kind not in "biu":
                 raise IndexError(f"tensors used as indices must be integer or bool, got dtype {part.data.dtype}")
-            return part.data
+            return to_device(part.data, tensor._device)
         if isinstance(part, list):
             return xp.asarray(part)
         return part

@@ -94,7 +94,7 @@ def adagrad(params: list, grads: list, state_sums: list, steps: list, *, lr: flo
     or the multi-tensor kernels (:func:`_fused_adagrad`; ``fused=True`` raises on a
     parameter they cannot take, ``fused=None`` gives it, e.g. a sparse gradient, to the
     reference)."""
-    kw = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
+    kw: dict = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
               grad_scale=grad_scale)
     if fused is False:
         _single_tensor_adagrad(params, grads, state_sums, steps, **kw)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 from bisect import bisect_right
 from numbers import Real
 
@@ -54,9 +55,10 @@ def _check_int(name: str, value, low: int) -> int:
 def _check_real(name: str, value, low: float | None = None, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
+    # (numbers.Real declares no comparisons for mypy; the value is an int, float or the like)
+    if (low is not None and value < low) or (high is not None and value > high):  # type: ignore[operator]
         raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}")
-    return value
+    return value  # type: ignore[return-value]
 
 
 def _per_group(name: str, optimizer: Optimizer, value) -> list:
@@ -318,7 +320,11 @@ class CosineAnnealingLR(LRScheduler):
     .. math:: \eta_t = \eta_{min} + \tfrac12(\eta_0 - \eta_{min})\left(1 + \cos\frac{\pi t}{T_{max}}\right)
 
     PyTorch computes it *recursively* from the current rate,
-    :math:`\eta_{t} = \eta_{min} + (\eta_{t-1} - \eta_{min})\frac{1 + \cos(\pi t/T_{max})}{1 + \cos(\pi (t-1)/T_{max})}`,
+
+    .. math::
+        \eta_{t} = \eta_{min} + (\eta_{t-1} - \eta_{min})
+                   \frac{1 + \cos(\pi t/T_{max})}{1 + \cos(\pi (t-1)/T_{max})}
+
     with an additive step where the denominator would vanish (at :math:`t = T_{max} + 1`,
     :math:`3T_{max} + 1`, ...). This class does the same, so its numbers equal torch's; past
     ``T_max`` the rate climbs back along the cosine (a period of ``2 T_max``), as in torch.
@@ -362,10 +368,10 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     def __init__(self, optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
                  last_epoch: int = -1):
         self.T_0 = _check_int("T_0", T_0, 1)
-        self.T_i = T_0
+        self.T_i: float = T_0
         self.T_mult = _check_int("T_mult", T_mult, 1)
         self.eta_min = _check_real("eta_min", eta_min, low=0.0)
-        self.T_cur = last_epoch
+        self.T_cur: float = last_epoch
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list:
@@ -586,6 +592,7 @@ class OneCycleLR(LRScheduler):
         # all checks done: now change the optimizer
         self.optimizer = optimizer
         total = self.total_steps
+        self._schedule_phases: list[dict[str, Any]]
         if three_phase:
             self._schedule_phases = [
                 {"end_step": float(pct_start * total) - 1, "start_lr": "initial_lr", "end_lr": "max_lr",
@@ -789,7 +796,7 @@ class ReduceLROnPlateau(LRScheduler):
         self.cooldown_counter = 0
         self.num_bad_epochs = 0
 
-    def step(self, metrics) -> None:
+    def step(self, metrics) -> None:  # type: ignore[override]  # torch's signature: takes a metric
         """Record one evaluation of the monitored metric (a number or a one-element Tensor)."""
         current = float(metrics)
         self.last_epoch += 1

@@ -374,7 +374,8 @@ class Optimizer:
                 grads.append(grad)
             else:
                 raise ValueError(f"param.grad must be a Tensor or SparseRowGrad, got {type(grad).__name__}")
-            if self._fused_arg and self.fused:  # fused=True: what the kernels cannot take raises here, before any change
+            # fused=True: what the kernels cannot take raises here, before any change
+            if self._fused_arg and self.fused:
                 why = kernel_obstacle(data, grads[-1])
                 if why is not None:
                     raise RuntimeError(f"{type(self).__name__}(fused=True): {where} {why}, which the fused kernels "
@@ -573,7 +574,8 @@ class Optimizer:
                         with np.errstate(over="ignore"):  # refused below with a clear message instead
                             cast = array.astype(p.dtype if array.dtype.kind == "f" else array.dtype, copy=True)
                         if cast.dtype.kind == "f" and cast.dtype.itemsize < array.dtype.itemsize:
-                            lost = int(xp.count_nonzero(~xp.isfinite(cast))) - int(xp.count_nonzero(~xp.isfinite(array)))
+                            lost = (int(xp.count_nonzero(~xp.isfinite(cast)))
+                                    - int(xp.count_nonzero(~xp.isfinite(array))))
                             if lost:
                                 raise ValueError(f"state {name!r} of parameter {index} holds {lost} value(s) beyond "
                                                  f"the range of {cast.dtype} (saved as {array.dtype}); they would "

@@ -97,7 +97,7 @@ def rmsprop(params: list, grads: list, square_avgs: list, grad_avgs: list, momen
     (PyTorch's split): the reference loop (:func:`_single_tensor_rmsprop`, ``fused=False``)
     or the multi-tensor kernels (:func:`_fused_rmsprop`; ``fused=True`` raises on a
     parameter they cannot take, ``fused=None`` gives it to the reference)."""
-    kw = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+    kw: dict = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
               maximize=maximize, grad_scale=grad_scale)
     if fused is False:
         _single_tensor_rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers, **kw)

@@ -25,6 +25,7 @@ from .. import backend
 FORMAT = "tinygrad_sgd-checkpoint-v1"
 _STRUCTURE_KEY = "__structure__"
 _FORMAT_KEY = "__format__"
+_MAX_DEPTH = 100  # fit's checkpoints nest about 6 deep; far below Python's recursion limit
 
 
 class CheckpointError(RuntimeError):
@@ -60,23 +61,66 @@ def _encode(value, arrays: dict, path: str):
                 raise TypeError(f"checkpoint: dict key {k!r} at {path} must be a string or an integer")
             entries.append([k if isinstance(k, str) else int(k), _encode(v, arrays, f"{path}.{k}")])
         return {"__dict__": entries}
-    if hasattr(value, "data") and backend.is_array(getattr(value, "data")):  # a Tensor
+    if hasattr(value, "data") and backend.is_array(value.data):  # a Tensor
         return _encode(value.data, arrays, path)
     raise TypeError(f"checkpoint: cannot store a {type(value).__name__} at {path}")
 
 
-def _decode(node, arrays):
+def _decode(node, arrays, depth: int = 0):
+    """The tree :func:`_encode` wrote; anything else raises ``CheckpointError``."""
+    if depth > _MAX_DEPTH:
+        raise CheckpointError(f"the structure is nested deeper than {_MAX_DEPTH} levels")
     if isinstance(node, list):
-        return [_decode(v, arrays) for v in node]
+        return [_decode(v, arrays, depth + 1) for v in node]
     if isinstance(node, dict):
-        if "__array__" in node:
-            return arrays[node["__array__"]]
-        if "__float__" in node:
-            return float(node["__float__"])
-        if "__tuple__" in node:
-            return tuple(_decode(v, arrays) for v in node["__tuple__"])
-        return {k: _decode(v, arrays) for k, v in node["__dict__"]}
-    return node
+        if len(node) != 1:
+            raise CheckpointError(f"unknown node with keys {sorted(node)[:5]}")
+        (tag, value), = node.items()
+        if tag == "__array__":
+            if not isinstance(value, str) or value not in arrays:
+                raise CheckpointError(f"the structure refers to an array {value!r} the file does not hold")
+            return arrays[value]
+        if tag == "__float__":
+            if value not in ("nan", "inf", "-inf"):
+                raise CheckpointError(f"bad special float {value!r}")
+            return float(value)
+        if tag == "__tuple__" and isinstance(value, list):
+            return tuple(_decode(v, arrays, depth + 1) for v in value)
+        if tag == "__dict__" and isinstance(value, list):
+            result = {}
+            for entry in value:
+                if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], (str, int))
+                        and not isinstance(entry[0], bool)):
+                    raise CheckpointError(f"a dict entry must be a [key, value] pair, got {str(entry)[:60]}")
+                result[entry[0]] = _decode(entry[1], arrays, depth + 1)
+            return result
+        raise CheckpointError(f"bad node {tag!r} holding a {type(value).__name__}")
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    raise CheckpointError(f"unexpected {type(node).__name__} in the structure")  # pragma: no cover (JSON types only)
+
+
+def check_writable(path) -> None:
+    """Raise ``CheckpointError`` now if a checkpoint could not be written to ``path`` later
+    (a folder in the way, a parent that is a file, a folder without write permission),
+    so a run finds out before it trains, not after its first epoch. Creates nothing."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint path {path!r} is a folder; name a file inside it")
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):  # save_checkpoint creates the missing folders
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"cannot write checkpoint {path!r}: {folder!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write checkpoint {path!r}: folder {folder!r} is not writable")
+    if folder == os.path.dirname(path):  # it exists: try it (os.access says yes to root on a read-only mount)
+        try:
+            handle, temporary = tempfile.mkstemp(prefix=".checkpoint-probe-", dir=folder)
+        except OSError as error:
+            raise CheckpointError(f"cannot write checkpoint {path!r}: {error.strerror}") from None
+        os.close(handle)
+        os.unlink(temporary)
 
 
 def save_checkpoint(path, state: dict) -> None:
@@ -89,8 +133,8 @@ def save_checkpoint(path, state: dict) -> None:
     handle, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=directory)
     try:
         with os.fdopen(handle, "wb") as file:
-            np.savez(file, **{_FORMAT_KEY: np.array(FORMAT), _STRUCTURE_KEY: np.array(json.dumps(structure))},
-                     **arrays)
+            np.savez(file, **{_FORMAT_KEY: np.array(FORMAT), _STRUCTURE_KEY: np.array(json.dumps(structure)),
+                              **arrays})
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -101,18 +145,34 @@ def save_checkpoint(path, state: dict) -> None:
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (never unpickles anything)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (never unpickles anything).
+
+    Anything wrong with the file (missing, truncated, not a zip, not ours, a structure
+    that does not match its arrays) raises :class:`CheckpointError` naming the path.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a folder, not a file")
+    if not zipfile.is_zipfile(path):  # np.load would guess a pickle and suggest allow_pickle
+        with open(path, "rb") as file:
+            zip_magic = file.read(4) == b"PK\x03\x04"
+        if zip_magic:
+            raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt (an incomplete .npz archive)")
+        raise CheckpointError(f"{path!r} is not a tinygrad_sgd checkpoint (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if _FORMAT_KEY not in archive.files or str(archive[_FORMAT_KEY]) != FORMAT:
                 raise CheckpointError(f"{path!r} is not a tinygrad_sgd checkpoint (no '{FORMAT}' marker)")
             arrays = {name: archive[name] for name in archive.files if name not in (_FORMAT_KEY, _STRUCTURE_KEY)}
             structure = json.loads(str(archive[_STRUCTURE_KEY]))
-    except CheckpointError:
-        raise
+        return _decode(structure, arrays)
+    except CheckpointError as error:
+        if str(error).startswith(repr(path)) or str(error).startswith(f"checkpoint {path!r}"):
+            raise
+        raise CheckpointError(f"checkpoint {path!r} is corrupt: {error}") from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {path!r} is corrupt: its structure is nested too deeply") from None
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, json.JSONDecodeError) as error:
         raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt: {error}") from None
-    return _decode(structure, arrays)

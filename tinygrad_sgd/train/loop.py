@@ -12,7 +12,8 @@
         evaluate on val_loader; scheduler.step()     # per-epoch schedules
 
 Everything else in :func:`fit` is bookkeeping around those lines: the history, a guard
-that stops on a NaN/Inf before it reaches the weights, callbacks (early stopping),
+that stops on a NaN/Inf before it reaches the weights (and checks the weights after
+each step, ``train/guard.py``), callbacks (early stopping),
 progress bars, and checkpoints that let an interrupted run resume bit-for-bit.
 """
 
@@ -29,7 +30,8 @@ from ..nn.utils import GradientNoiseScale, grad_scale_for_step
 from ..optim.lr_scheduler import ReduceLROnPlateau
 from ..tensor import no_grad
 from . import metrics as metric_fns
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_writable, load_checkpoint, save_checkpoint
+from .guard import StepGuard
 from .history import History
 
 CLASSIFICATION_METRICS = {
@@ -42,8 +44,12 @@ REGRESSION_METRICS = {"mse": metric_fns.mean_squared_error, "mae": metric_fns.me
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced a NaN/Inf loss or gradient. The parameters still hold the last
-    good values (the bad step was not applied); ``history`` has the run up to it."""
+    """Training produced a NaN/Inf loss, gradient or parameter; ``history`` has the run up
+    to the step before. A NaN/Inf loss or gradient is never applied: the parameters and
+    optimizer state hold the last good values. A step whose update made a parameter
+    NaN/Inf was applied, but nothing after it (no History row, callback or checkpoint);
+    with ``fit(..., undo_nonfinite_step=True)`` it is undone as well. The message says
+    which case it is."""
 
     def __init__(self, message: str, *, epoch: int, step: int, history: History):
         super().__init__(message)
@@ -96,7 +102,7 @@ class EarlyStopping(Callback):
         self.restore_best = restore_best
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = None
-        self.best_state = None
+        self.best_state: dict | None = None
         self.bad_epochs = 0
 
     def on_epoch_end(self, state: TrainState, record: dict) -> None:
@@ -130,7 +136,8 @@ def evaluate(model, loader, loss_fn=None, metrics=("accuracy",)) -> dict:
     in eval mode and without recording a graph. The loader's position is left as it was."""
     unknown = [m for m in metrics if m not in CLASSIFICATION_METRICS and m not in REGRESSION_METRICS]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {sorted({**CLASSIFICATION_METRICS, **REGRESSION_METRICS})}")
+        known = sorted({**CLASSIFICATION_METRICS, **REGRESSION_METRICS})
+        raise ValueError(f"unknown metrics {unknown}; choose from {known}")
     was_training = model.training
     model.eval()
     saved_position = loader.state_dict() if hasattr(loader, "state_dict") else None
@@ -174,7 +181,7 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         scheduler_interval: str = "epoch", accumulation_steps: int = 1, clip_grad_norm: float | None = None,
         callbacks=(), progress: bool = True, metrics=("accuracy",), scale_lr_with_batch_size: bool = False,
         checkpoint_path=None, checkpoint_every: int | None = None, resume_from=None, log=print,
-        noise_scale: bool = False) -> History:
+        noise_scale: bool = False, undo_nonfinite_step: bool = False) -> History:
     """Train ``model`` with mini-batch SGD; return the :class:`History`.
 
     ``epochs`` is where training ends, counted by the loader: it runs until
@@ -214,7 +221,15 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     checkpoint; the result is bit-for-bit the run that was never interrupted (on the CPU).
 
     A NaN or Inf loss or gradient raises :class:`NonFiniteError` naming the epoch and step,
-    before the optimizer applies it.
+    before the optimizer applies it. The parameters are checked after every step too (a
+    finite gradient times a huge learning rate overflows): a step that made one NaN or Inf
+    raises it before anything is logged or checkpointed, so a checkpoint never holds a
+    non-finite value. ``undo_nonfinite_step=True`` also restores the parameters and the
+    optimizer state from before that step (copies taken before every step; the cost is in
+    docs/benchmarks.md), so training can go on from them in the same process.
+
+    ``resume_from`` is all or nothing: when any piece of the checkpoint does not fit
+    (another model, optimizer, scheduler or dataset), it raises and nothing has changed.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -234,10 +249,13 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     for callback in callbacks:
         if not isinstance(callback, Callback):
             raise TypeError(f"callbacks must be tg.train.Callback instances, got {type(callback).__name__}")
+    if checkpoint_path is not None:
+        check_writable(checkpoint_path)  # now, not after the first epoch
     plateau = isinstance(scheduler, ReduceLROnPlateau)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     history = History()
     noise = GradientNoiseScale() if noise_scale else None
+    guard = StepGuard(params, optimizer, undo=bool(undo_nonfinite_step))
     state = TrainState(model, optimizer, history)
     # Running sums of the epoch in progress (checkpointed, so a resumed epoch reports
     # the same numbers as an uninterrupted one).
@@ -300,8 +318,20 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
                                      f"{state.step + 1}; the parameters keep their last finite values",
                                      epoch=epoch, step=state.step + 1, history=history)
             lr = optimizer.param_groups[0]["lr"]
+            guard.save()
             optimizer.step(grad_scale=grad_scale)
             optimizer.zero_grad()
+            if not guard.finite():
+                undone = guard.restore()
+                raise NonFiniteError(
+                    f"the update at epoch {epoch}, step {state.step + 1} made a parameter NaN or Inf (loss "
+                    f"{loss_value:.6g} and gradient norm {grad_norm:.6g} were finite: is the learning rate {lr:g} "
+                    "too large?); " + ("the step was undone: the parameters and optimizer state keep their last "
+                                       "finite values" if undone else
+                                       "the parameters now hold NaN/Inf; nothing of this step was logged or "
+                                       "checkpointed (resume from the last checkpoint, or pass "
+                                       "undo_nonfinite_step=True to restore the values from before the step)"),
+                    epoch=epoch, step=state.step + 1, history=history)
             state.step += 1
             history.log_step(epoch=epoch, step=state.step, loss=loss_value, lr=lr, batch_size=n * in_group,
                              grad_norm=grad_norm)
@@ -358,19 +388,44 @@ def _epoch_line(record: dict, epochs: int) -> str:
 
 
 def _restore(saved: dict, model, optimizer, scheduler, loader, history: History, state: TrainState) -> None:
-    """Load every piece of a checkpoint; each load validates before it changes state."""
-    for key in ("model", "optimizer", "loader", "rng", "history", "loop"):
+    """Load every piece of a checkpoint, all or nothing.
+
+    The structure is checked first (every piece present, a scheduler exactly when this
+    run has one, the loop counters); then the pieces are loaded in turn, each validating
+    before it changes anything. If a later piece is refused (an SGD checkpoint into Adam,
+    another dataset's loader state) the pieces already loaded are put back from copies
+    taken before, so a refused resume leaves the model, optimizer, scheduler, loader, RNG
+    and history exactly as they were.
+    """
+    if not isinstance(saved, dict):
+        raise TypeError("the checkpoint does not hold a dict: not written by tg.train.fit")
+    for key in ("model", "optimizer", "scheduler", "loader", "rng", "history", "loop"):
         if key not in saved:
             raise KeyError(f"checkpoint lacks {key!r}: not written by tg.train.fit")
     if (saved["scheduler"] is None) != (scheduler is None):
         raise ValueError("the checkpoint was written " + ("without" if saved["scheduler"] is None else "with")
                          + " a scheduler, but this run " + ("has one" if scheduler is not None else "has none"))
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
+    loop = saved["loop"]
+    if not isinstance(loop, dict) or not {"step", "epoch_sums", "lr_scale"} <= set(loop) \
+            or not isinstance(loop["epoch_sums"], dict):
+        raise ValueError("the checkpoint's 'loop' entry is malformed: not written by tg.train.fit")
+    pieces = [(model, saved["model"]), (optimizer, saved["optimizer"])]
     if scheduler is not None:
-        scheduler.load_state_dict(saved["scheduler"])
-    loader.load_state_dict(saved["loader"])
-    rng.set_rng_state(saved["rng"])
-    history.load_state_dict(saved["history"])
+        pieces.append((scheduler, saved["scheduler"]))
+    pieces += [(loader, saved["loader"]), (history, saved["history"])]
+    # Copies of the current state; state_dict() returns copies, so loading them back is exact.
+    before = [(obj, obj.state_dict()) for obj, _ in pieces]
+    rng_before = rng.get_rng_state()
+    loaded = []
+    try:
+        for obj, piece in pieces:
+            loaded.append(obj)
+            obj.load_state_dict(piece)
+        rng.set_rng_state(saved["rng"])
+    except BaseException:
+        for obj, copy in reversed(before):
+            if any(obj is done for done in loaded):
+                obj.load_state_dict(copy)
+        rng.set_rng_state(rng_before)
+        raise
     state.step = saved["loop"]["step"]
-

@@ -1,0 +1,224 @@
+"""Numba CPU kernels of the convolution and pooling ops (``tinygrad_sgd.ops.nn``).
+
+The readable specification of every kernel is the array code in ``ops/nn.py`` (im2col
+through a stride-tricks view, col2im by strided slice additions, pooling over window
+views), which also runs on the GPU with CuPy; the tests hold the two equal.
+
+Layout. The convolution is im2col + one matrix product, with the columns laid out
+``cols[(c, i, j), (n, y, x)]`` -- one row per input channel and kernel offset, one column
+per output pixel of the whole batch -- so that
+
+* forward is ONE GEMM ``W (O, C*kh*kw) @ cols (C*kh*kw, N*Ho*Wo)`` for the whole batch,
+  whose ``(O, N*Ho*Wo)`` result :func:`rows_to_nchw` turns into NCHW (adding the bias in
+  the same pass);
+* the weight gradient is ONE GEMM ``g (O, N*Ho*Wo) @ cols^T`` (BLAS reads the transposed
+  operand in place), with ``g`` brought to that layout by :func:`nchw_to_rows`;
+* the input gradient is ``W^T @ g`` followed by :func:`col2im`.
+
+Every kernel writes each output element from one thread (``prange`` over rows, planes or
+channels), so no two threads ever add into the same element: no atomics, and the sums
+are added in a fixed order (the results do not depend on the thread count).
+
+Padding is handled by bounds checks inside the loops: no padded copy of the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_OPTIONS = {"parallel": True, "cache": True, "error_model": "numpy", "fastmath": False}
+
+
+@njit(**_OPTIONS)
+def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
+    """``cols[(c*kh + i)*kw + j, (n*ho + y)*wo + x] = x_pad[n, c, y*sh + i*dh, x*sw + j*dw]``."""
+    batch, channels, height, width = x.shape
+    zero = x.dtype.type(0)
+    for row in prange(channels * kh * kw):
+        c = row // (kh * kw)
+        i = (row // kw) % kh
+        j = row % kw
+        for n in range(batch):
+            for y in range(ho):
+                yy = y * sh + i * dh - ph
+                start = (n * ho + y) * wo
+                if yy < 0 or yy >= height:
+                    for xo in range(wo):
+                        cols[row, start + xo] = zero
+                else:
+                    for xo in range(wo):
+                        xx = xo * sw + j * dw - pw
+                        cols[row, start + xo] = x[n, c, yy, xx] if 0 <= xx < width else zero
+
+
+@njit(**_OPTIONS)
+def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):
+    """The adjoint of :func:`im2col`: ``out[n, c, y*sh + i*dh - ph, ...] += cols[...]``.
+
+    One thread per ``(n, c)`` plane, so each output element has one writer."""
+    batch, channels, height, width = out.shape
+    zero = out.dtype.type(0)
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        for yy in range(height):
+            for xx in range(width):
+                out[n, c, yy, xx] = zero
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for y in range(ho):
+                    yy = y * sh + i * dh - ph
+                    if yy < 0 or yy >= height:
+                        continue
+                    start = (n * ho + y) * wo
+                    for xo in range(wo):
+                        xx = xo * sw + j * dw - pw
+                        if 0 <= xx < width:
+                            out[n, c, yy, xx] += cols[row, start + xo]
+
+
+@njit(**_OPTIONS)
+def rows_to_nchw(rows, bias, use_bias, out):
+    """``out[n, o, p] = rows[o, n*P + p] (+ bias[o])``: the GEMM's result as NCHW."""
+    batch, channels, pixels = out.shape
+    for plane in prange(batch * channels):
+        n = plane // channels
+        o = plane % channels
+        b = bias[o] if use_bias else out.dtype.type(0)
+        for p in range(pixels):
+            out[n, o, p] = rows[o, n * pixels + p] + b
+
+
+@njit(**_OPTIONS)
+def nchw_to_rows(grad, rows):
+    """``rows[o, n*P + p] = grad[n, o, p]``: the upstream gradient in the GEMM's layout."""
+    batch, channels, pixels = grad.shape
+    for o in prange(channels):
+        for n in range(batch):
+            for p in range(pixels):
+                rows[o, n * pixels + p] = grad[n, o, p]
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+@njit(**_OPTIONS)
+def max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
+    """Max over each window, and the flat index (``y*W + x`` within its plane) of the
+    element chosen, with torch's rule: scan the window row by row, take an element when it
+    is greater than the best so far or NaN (so a NaN wins, and the last NaN is kept);
+    padding is never chosen."""
+    batch, channels, height, width = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        for y in range(ho):
+            y0 = y * sh - ph
+            y_start, y_stop = max(y0, 0), min(y0 + kh, height)
+            for xo in range(wo):
+                x0 = xo * sw - pw
+                x_start, x_stop = max(x0, 0), min(x0 + kw, width)
+                best = -np.inf
+                where = y_start * width + x_start
+                for yy in range(y_start, y_stop):
+                    for xx in range(x_start, x_stop):
+                        value = x[n, c, yy, xx]
+                        if value > best or np.isnan(value):
+                            best = value
+                            where = yy * width + xx
+                out[n, c, y, xo] = best
+                argmax[n, c, y, xo] = where
+
+
+@njit(**_OPTIONS)
+def max_pool_2x2(x, sh, sw, out, argmax):
+    """:func:`max_pool` for the common 2x2 window without padding, written out so the
+    compiler unrolls it (a window loop of unknown length costs 3x as much)."""
+    batch, channels, height, width = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        for y in range(ho):
+            for xo in range(wo):
+                best = x.dtype.type(-np.inf)
+                where = y * sh * width + xo * sw  # (an all -inf window keeps its first element)
+                for i in range(2):
+                    for j in range(2):
+                        yy = y * sh + i
+                        xx = xo * sw + j
+                        value = x[n, c, yy, xx]
+                        if value > best or value != value:
+                            best = value
+                            where = yy * width + xx
+                out[n, c, y, xo] = best
+                argmax[n, c, y, xo] = where
+
+
+@njit(**_OPTIONS)
+def max_pool_backward(grad, argmax, out):
+    """``out[n, c].flat[argmax[n, c, y, x]] += grad[n, c, y, x]``, one thread per plane."""
+    batch, channels, height, width = out.shape
+    ho, wo = grad.shape[2], grad.shape[3]
+    zero = out.dtype.type(0)
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        for yy in range(height):
+            for xx in range(width):
+                out[n, c, yy, xx] = zero
+        for y in range(ho):
+            for xo in range(wo):
+                where = argmax[n, c, y, xo]
+                out[n, c, where // width, where % width] += grad[n, c, y, xo]
+
+
+@njit(**_OPTIONS)
+def avg_pool(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
+    """Mean over each window; the divisor is ``kh*kw``, or with ``count_include_pad``
+    False the number of the window's elements inside the input."""
+    batch, channels, height, width = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        for y in range(ho):
+            y0 = y * sh - ph
+            y_start, y_stop = max(y0, 0), min(y0 + kh, height)
+            for xo in range(wo):
+                x0 = xo * sw - pw
+                x_start, x_stop = max(x0, 0), min(x0 + kw, width)
+                total = out.dtype.type(0)
+                for yy in range(y_start, y_stop):
+                    for xx in range(x_start, x_stop):
+                        total += x[n, c, yy, xx]
+                count = kh * kw if count_include_pad else (y_stop - y_start) * (x_stop - x_start)
+                out[n, c, y, xo] = total / out.dtype.type(count)
+
+
+@njit(**_OPTIONS)
+def avg_pool_backward(grad, kh, kw, sh, sw, ph, pw, count_include_pad, out):
+    """The adjoint of :func:`avg_pool`: spread ``grad / divisor`` over each window."""
+    batch, channels, height, width = out.shape
+    ho, wo = grad.shape[2], grad.shape[3]
+    zero = out.dtype.type(0)
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        for yy in range(height):
+            for xx in range(width):
+                out[n, c, yy, xx] = zero
+        for y in range(ho):
+            y0 = y * sh - ph
+            y_start, y_stop = max(y0, 0), min(y0 + kh, height)
+            for xo in range(wo):
+                x0 = xo * sw - pw
+                x_start, x_stop = max(x0, 0), min(x0 + kw, width)
+                count = kh * kw if count_include_pad else (y_stop - y_start) * (x_stop - x_start)
+                share = grad[n, c, y, xo] / out.dtype.type(count)
+                for yy in range(y_start, y_stop):
+                    for xx in range(x_start, x_stop):
+                        out[n, c, yy, xx] += share

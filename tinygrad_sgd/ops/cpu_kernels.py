@@ -1,0 +1,156 @@
+"""The CPU fast paths of the layers' coarse ops: array-level calls into the Numba kernels
+of ``tinygrad_sgd.kernels`` (``conv.py``: convolution and pooling; ``recurrent.py``: the
+recurrent layers' gates; ``scatter.py``: the embedding's scatter-add).
+
+Every op that has a fast path keeps its readable array code, which is the reference the
+tests hold the kernels equal to, and the code that runs on CuPy arrays (GPU). An op takes
+the fast path when :func:`available` says so: NumPy float32/float64 arrays, Numba
+importable, and the switch ``enabled`` on. Set ``tinygrad_sgd.ops.cpu_kernels.enabled =
+False`` to run every op on its reference code (the tests do, to compare).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+enabled = True
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_modules: dict = {}
+
+
+def available(*arrays) -> bool:
+    """True when the fast path can run on these arrays (all NumPy, one float dtype)."""
+    if not enabled:
+        return False
+    first = arrays[0]
+    if type(first) is not np.ndarray or first.dtype not in _DTYPES:
+        return False
+    for a in arrays[1:]:
+        if a is not None and (type(a) is not np.ndarray or a.dtype != first.dtype):
+            return False
+    return _kernel_module("conv") is not None
+
+
+def _kernel_module(name: str):
+    """``tinygrad_sgd.kernels.<name>``, imported on first use (None without Numba)."""
+    if name not in _modules:
+        try:
+            import importlib
+
+            _modules[name] = importlib.import_module(f"tinygrad_sgd.kernels.{name}")
+        except ImportError:
+            _modules[name] = None
+    return _modules[name]
+
+
+def _launch(size: int):
+    from tinygrad_sgd.kernels.cpu import launch
+
+    return launch(size)
+
+
+# ----------------------------------------------------------------------------- convolution
+
+
+def im2col(x, geometry, out_hw: tuple):
+    """``cols`` of shape ``(C*kh*kw, N*Ho*Wo)`` (see ``kernels/conv.py`` for the layout)."""
+    k = _kernel_module("conv")
+    n, c = x.shape[:2]
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
+    top, _, left, _ = geometry.pads
+    ho, wo = out_hw
+    cols = np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)
+    with _launch(cols.size) as run:
+        run(k.im2col)(np.ascontiguousarray(x), kh, kw, sh, sw, top, left, dh, dw, ho, wo, cols)
+    return cols
+
+
+def nchw_to_rows(grad):
+    """``(N, O, Ho, Wo) -> (O, N*Ho*Wo)``: the upstream gradient in the GEMMs' layout."""
+    n, o = grad.shape[:2]
+    rows = np.empty((o, grad.size // o), dtype=grad.dtype)
+    with _launch(rows.size) as run:
+        run(_kernel_module("conv").nchw_to_rows)(np.ascontiguousarray(grad).reshape(n, o, -1), rows)
+    return rows
+
+
+def conv_forward(x, weight, bias, geometry):
+    """``(output, cols)``: the convolution, and the columns its weight gradient reuses."""
+    n = x.shape[0]
+    out_channels = weight.shape[0]
+    ho, wo = geometry.out_hw(*x.shape[2:])
+    cols = im2col(x, geometry, (ho, wo))
+    rows = weight.reshape(out_channels, -1) @ cols  # one GEMM for the whole batch
+    out = np.empty((n, out_channels, ho * wo), dtype=x.dtype)
+    use_bias = bias is not None
+    with _launch(out.size) as run:
+        run(_kernel_module("conv").rows_to_nchw)(rows, bias if use_bias else out[0, :, 0], use_bias, out)
+    return out.reshape(n, out_channels, ho, wo), cols
+
+
+def conv_weight_grad(x, grad_out, geometry, cols=None):
+    """``dW = g (O, N*Ho*Wo) @ cols^T``, reshaped to the weight's shape."""
+    out_channels, ho, wo = grad_out.shape[1:]
+    if cols is None:
+        cols = im2col(x, geometry, (ho, wo))
+    return (nchw_to_rows(grad_out) @ cols.T).reshape((out_channels, x.shape[1]) + tuple(geometry.kernel))
+
+
+def conv_input_grad(grad_out, weight, x_shape: tuple, geometry):
+    """``col2im(W^T @ g)``: the transposed convolution."""
+    out_channels, ho, wo = grad_out.shape[1:]
+    cols = weight.reshape(out_channels, -1).T @ nchw_to_rows(grad_out)
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
+    top, _, left, _ = geometry.pads
+    out = np.empty(x_shape, dtype=grad_out.dtype)
+    with _launch(cols.size) as run:
+        run(_kernel_module("conv").col2im)(cols, kh, kw, sh, sw, top, left, dh, dw, ho, wo, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def _pool_args(geometry) -> tuple:
+    (kh, kw), (sh, sw) = geometry.kernel, geometry.stride
+    return kh, kw, sh, sw, geometry.pads[0], geometry.pads[2]
+
+
+def max_pool(x, geometry):
+    """``(output, argmax)``: argmax is each chosen element's flat index in its plane."""
+    n, c = x.shape[:2]
+    ho, wo = geometry.out_hw(*x.shape[2:])
+    out = np.empty((n, c, ho, wo), dtype=x.dtype)
+    argmax = np.empty((n, c, ho, wo), dtype=np.int32 if x.shape[2] * x.shape[3] < 2 ** 31 else np.int64)
+    with _launch(x.size) as run:
+        if geometry.kernel == (2, 2) and not any(geometry.pads):
+            run(_kernel_module("conv").max_pool_2x2)(np.ascontiguousarray(x), *geometry.stride, out, argmax)
+        else:
+            run(_kernel_module("conv").max_pool)(np.ascontiguousarray(x), *_pool_args(geometry), out, argmax)
+    return out, argmax
+
+
+def max_pool_backward(grad, argmax, x_shape: tuple):
+    out = np.empty(x_shape, dtype=grad.dtype)
+    with _launch(out.size) as run:
+        run(_kernel_module("conv").max_pool_backward)(np.ascontiguousarray(grad), argmax, out)
+    return out
+
+
+def avg_pool(x, geometry, count_include_pad: bool):
+    n, c = x.shape[:2]
+    ho, wo = geometry.out_hw(*x.shape[2:])
+    out = np.empty((n, c, ho, wo), dtype=x.dtype)
+    with _launch(x.size) as run:
+        run(_kernel_module("conv").avg_pool)(np.ascontiguousarray(x), *_pool_args(geometry),
+                                             bool(count_include_pad), out)
+    return out
+
+
+def avg_pool_backward(grad, x_shape: tuple, geometry, count_include_pad: bool):
+    out = np.empty(x_shape, dtype=grad.dtype)
+    with _launch(out.size) as run:
+        run(_kernel_module("conv").avg_pool_backward)(np.ascontiguousarray(grad), *_pool_args(geometry),
+                                                      bool(count_include_pad), out)
+    return out
