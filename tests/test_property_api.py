@@ -454,3 +454,45 @@ def test_any_checkpoint_structure_loads_or_raises_checkpoint_error(tmp_path_fact
         event("loaded")
     except CheckpointError:
         event("refused")
+
+
+# ----------------------------------------------------------------------------- the fit loop
+
+
+FIT_VALID = {"epochs": [1, 2], "accumulation_steps": [1, 2], "clip_grad_norm": [None, 1.0],
+             "checkpoint_every": [None, 1, 2], "scheduler_interval": ["epoch", "step"], "noise_scale": [False]}
+FIT_INVALID = {"epochs": [0, -1, 1.5], "accumulation_steps": [0, "2"], "clip_grad_norm": [0.0, -1.0, float("nan")],
+               "checkpoint_every": [0, 2.5], "scheduler_interval": ["batch"], "noise_scale": [True]}
+
+
+@SETTINGS
+@given(data=st.data(), bad=st.sampled_from([None, *FIT_INVALID]))
+def test_fit_trains_or_refuses_its_arguments_before_any_change(tmp_path_factory, data, bad):
+    """Valid arguments train; one bad argument (noise_scale=True needs accumulation >= 2)
+    is refused before the model, optimizer, loader or checkpoint file changes."""
+    tg.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((12, 3)).astype(np.float32)
+    model = tg.nn.Linear(3, 2)
+    opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = tg.data.DataLoader(tg.data.TensorDataset(x, (x[:, 0] > 0).astype(np.int64)), batch_size=4,
+                                shuffle=True, seed=0)
+    path = tmp_path_factory.mktemp("fit") / "run.npz"
+    kwargs = {name: data.draw(st.sampled_from(values)) for name, values in FIT_VALID.items()}
+    if bad is not None:
+        kwargs[bad] = data.draw(st.sampled_from(FIT_INVALID[bad]))
+        if bad == "noise_scale":
+            kwargs["accumulation_steps"] = 1
+    kwargs["checkpoint_path"] = path if kwargs["checkpoint_every"] is not None else None
+    before = snapshot(model.weight, model.bias)
+    position = loader.state_dict()
+    if bad is not None:
+        event(f"refused ({bad})")
+        with pytest.raises((ValueError, TypeError)):
+            tg.train.fit(model, tg.nn.CrossEntropyLoss(), opt, loader, progress=False, **kwargs)
+        assert_unchanged(before, model.weight, model.bias)
+        assert loader.state_dict() == position and opt.state == {} and not path.exists()
+        return
+    history = tg.train.fit(model, tg.nn.CrossEntropyLoss(), opt, loader, progress=False, **kwargs)
+    event("trained")
+    assert loader.epoch == kwargs["epochs"] and len(history.epochs) == kwargs["epochs"]
+    assert np.isfinite(model.weight.data).all()
