@@ -591,3 +591,18 @@ def test_reduce_lr_on_plateau_names_a_bad_metric_and_changes_nothing():
         with pytest.raises(TypeError, match="ReduceLROnPlateau.step: metrics must be a number"):
             sched.step(bad)
         assert sched.state_dict() == state
+
+
+def test_step_guard_benchmark_runs_and_restores_the_real_guard(monkeypatch, capsys):
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import step_guard
+
+    from tinygrad_sgd.train import loop
+    real = loop.StepGuard
+    assert step_guard.main(["--hidden", "4", "--rounds", "1"]) == 0
+    assert loop.StepGuard is real
+    out = capsys.readouterr().out
+    assert out.count("64-4-4-10") == 2 and "undo/none" in out
+    assert step_guard.main(["--hidden", "4", "--per-call"]) == 0
+    assert "isfinite_us" in capsys.readouterr().out
