@@ -46,14 +46,14 @@ def test_backward_delivers_leaf_gradients_on_the_device(device):
 def test_to_labels_the_result_with_the_target_device(device):
     """``ToDevice`` results carry the device they are on (``Function.output_device``)."""
     target = backend.parse_device(device)
-    moved = tg.Tensor([1.0, 2.0]).to(device)
+    moved = tg.Tensor([1.0, 2.0], device="cpu").to(device)
     assert moved.device == target and backend.device_of(moved.data) == target
     back = moved.cpu()
     assert back.device == "cpu" and isinstance(back.data, np.ndarray)
     if target != "cpu":
         assert moved.cuda().device == target
     # the gradient flows back across the move, onto the source device
-    x = tg.Tensor([1.0, -2.0, 3.0], requires_grad=True)
+    x = tg.Tensor([1.0, -2.0, 3.0], requires_grad=True, device="cpu")
     (x.to(device) * tg.Tensor([2.0, 2.0, 2.0], device=device)).sum().backward()
     assert x.grad.device == "cpu"
     np.testing.assert_array_equal(x.grad.numpy(), [2.0, 2.0, 2.0])
@@ -62,7 +62,7 @@ def test_to_labels_the_result_with_the_target_device(device):
 def test_cpu_index_tensor_moves_to_the_indexed_tensors_device(device):
     """As in PyTorch: a CPU index tensor may index a tensor on any device."""
     x = tg.Tensor(np.arange(12.0).reshape(3, 4), requires_grad=True, device=device)
-    picked = x[tg.Tensor([2, 0, 2])]
+    picked = x[tg.Tensor([2, 0, 2], device="cpu")]
     assert picked.device == x.device
     picked.sum().backward()
     np.testing.assert_array_equal(host(x.grad), np.array([[1.0] * 4, [0.0] * 4, [2.0] * 4]))
@@ -71,7 +71,7 @@ def test_cpu_index_tensor_moves_to_the_indexed_tensors_device(device):
 def test_index_tensor_on_a_gpu_cannot_index_a_cpu_tensor(device):
     if device == "cpu":
         pytest.skip("needs a second device")
-    x = tg.Tensor(np.arange(4.0))
+    x = tg.Tensor(np.arange(4.0), device="cpu")
     with pytest.raises(RuntimeError, match="index tensor is on cuda:0 but the indexed tensor is on cpu"):
         x[tg.Tensor([1, 2], device=device)]
 
@@ -79,7 +79,7 @@ def test_index_tensor_on_a_gpu_cannot_index_a_cpu_tensor(device):
 def test_batchnorm_refuses_an_input_on_another_device_before_any_state_changes(device):
     if device == "cpu":
         pytest.skip("needs a second device")
-    bn = tg.nn.BatchNorm1d(3)
+    bn = tg.nn.BatchNorm1d(3, device="cpu")
     x = tg.Tensor(np.random.default_rng(0).normal(size=(4, 3)), device=device)
     with pytest.raises(RuntimeError, match="BatchNorm1d: weight is on cpu but the input is on cuda:0"):
         bn(x)
@@ -139,7 +139,7 @@ def test_checkpoint_from_the_device_resumes_on_the_cpu(device, tmp_path):
 
 def test_module_to_device_after_the_optimizer_keeps_training(device):
     tg.manual_seed(0)
-    model = tg.nn.Linear(4, 2)
+    model = tg.nn.Linear(4, 2, device="cpu")
     opt = tg.optim.Adam(model.parameters(), lr=0.1)
     model.to(device)
     x = tg.Tensor(np.ones((3, 4), np.float32), device=device)

@@ -145,7 +145,7 @@ def smoke_test(device: str) -> str:
     loss, grads, params = loss_and_grads(device)
     if device == "cpu":  # the CPU is checked against central finite differences
         ok = tg.autograd.gradcheck(lambda a, b: tg.nn.functional.cross_entropy(
-            (tg.Tensor(x, dtype=tg.float64) @ a).tanh() @ b, tg.Tensor(y)),
+            (tg.Tensor(x, dtype=tg.float64, device="cpu") @ a).tanh() @ b, tg.Tensor(y, device="cpu")),
             [p.detach().requires_grad_() for p in params], raise_exception=False)
         if not ok:
             raise SmokeTestFailure("backward differs from finite differences")
