@@ -238,3 +238,14 @@ def test_host_data_goes_to_the_default_device(device, monkeypatch):
     backend.set_default_device("cpu")
     assert tg.Tensor(on_device).device == target and tg.Tensor(on_device.data).device == target
     assert tg.Tensor(np.array([1.0])).device == "cpu"
+
+
+def test_sparse_row_grad_refuses_indices_on_another_device(device):
+    from tinygrad_sgd.sparse import SparseRowGrad
+
+    values = tg.zeros(2, 3, device=device).data
+    if device == "cpu":
+        assert SparseRowGrad(np.array([0, 4]), values, (5, 3)).device == "cpu"
+        return
+    with pytest.raises(RuntimeError, match="indices are on cpu but values are on cuda:0"):
+        SparseRowGrad(np.array([0, 4]), values, (5, 3))
