@@ -249,3 +249,28 @@ def test_sparse_row_grad_refuses_indices_on_another_device(device):
         return
     with pytest.raises(RuntimeError, match="indices are on cpu but values are on cuda:0"):
         SparseRowGrad(np.array([0, 4]), values, (5, 3))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # lr=1e39 in float32, on purpose
+def test_step_guard_restores_on_the_device(device):
+    """The NaN guard's saved copies live beside the arrays they copy, and come back into
+    the same array objects on the device."""
+    from tinygrad_sgd.train.guard import StepGuard
+
+    w = tg.Tensor(np.ones(4, np.float32), requires_grad=True, device=device)
+    alias = w.data
+    opt = tg.optim.SGD([w], lr=0.1, momentum=0.9)
+    w.grad = tg.Tensor(np.ones(4, np.float32), device=device)
+    opt.step()
+    buffer = opt.state[w]["momentum_buffer"]
+    values = (host(w), host(buffer))
+    guard = StepGuard([w], opt)
+    guard.save()
+    opt.param_groups[0]["lr"] = 1e39  # float32 overflow: the step writes inf
+    opt.step()
+    assert not guard.finite()
+    guard.restore()
+    assert w.data is alias and opt.state[w]["momentum_buffer"] is buffer
+    assert backend.device_of(w.data) == backend.parse_device(device)
+    np.testing.assert_array_equal(host(w), values[0])
+    np.testing.assert_array_equal(host(buffer), values[1])
