@@ -24,7 +24,7 @@ from importlib import metadata
 import numpy as np
 
 _ENV_VARS = ("TINYGRAD_SGD_DEVICE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
-             "NUMBA_THREADING_LAYER", "NUMBA_ENABLE_CUDASIM", "CUDA_VISIBLE_DEVICES")
+             "NUMBA_THREADING_LAYER", "NUMBA_ENABLE_CUDASIM", "CUDA_VISIBLE_DEVICES", "PYTHONPATH")
 
 
 class SmokeTestFailure(Exception):
