@@ -41,12 +41,16 @@ step() {
     local took=$((SECONDS - started))
     [[ $status -eq 124 ]] && say "=== $name: TIMED OUT after ${limit} s"
     say "=== $name: exit status $status, ${took} s"
-    SUMMARY+=("$(printf '%-13s %-6s %4d s' "$name" "$([[ $status -eq 0 ]] && echo ok || echo FAILED)" "$took")")
+    local verdict=FAILED
+    [[ $status -eq 0 ]] && verdict=ok
+    SUMMARY+=("$(printf '%-13s %-6s %4d s' "$name" "$verdict" "$took")")
     [[ $status -eq 0 ]] || FAILED=1
 }
 
 say "tinygrad_sgd GPU check, $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname)"
-say "commit $(git rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')"
+git diff --quiet 2>/dev/null || COMMIT="$COMMIT (with local changes)"
+say "commit $COMMIT"
 
 if [[ "${GPU_CHECK_INSTALL:-1}" == "1" ]]; then
     step install 300 "$PYTHON" -m pip install --quiet -e ".[gpu,test]"

@@ -107,9 +107,11 @@ def run_mlp(device, optimizer, fused, *, epochs=2, accumulation=1, clip=None, ch
     options = {"SGD": {"lr": 0.1, "momentum": 0.9}, "Adam": {"lr": 1e-2}, "AdamW": {"lr": 1e-2},
                "RMSprop": {"lr": 1e-3}, "Adagrad": {"lr": 0.05}}[optimizer]
     opt = getattr(tg.optim, optimizer)(model.parameters(), fused=fused, **options)
-    loader = tg.data.DataLoader(tg.data.TensorDataset(x, y), batch_size=16, shuffle=True, seed=0, device=device)
-    history = fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=epochs, accumulation_steps=accumulation,
-                  clip_grad_norm=clip, progress=False, log=None, checkpoint_path=checkpoint, resume_from=resume)
+    loader = tg.data.DataLoader(tg.data.TensorDataset(x, y), batch_size=16, shuffle=True, seed=0,
+                                device=device)
+    history = fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=epochs,
+                  accumulation_steps=accumulation, clip_grad_norm=clip, progress=False, log=None,
+                  checkpoint_path=checkpoint, resume_from=resume)
     return model, history
 
 
@@ -164,7 +166,8 @@ def test_cnn_with_batchnorm_trains_alike_on_every_device(device):
         model = small_cnn(where)
         opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         for _ in range(3):
-            loss = tg.nn.functional.cross_entropy(model(tg.Tensor(x, device=where)), tg.Tensor(y, device=where))
+            logits = model(tg.Tensor(x, device=where))
+            loss = tg.nn.functional.cross_entropy(logits, tg.Tensor(y, device=where))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -205,7 +208,8 @@ def test_sparse_embedding_with_sparse_adam_on_the_device(device):
     np.testing.assert_allclose(weights[0], weights[1], rtol=1e-5, atol=1e-6)
     untouched = [2, 4, 6, 7]
     tg.manual_seed(0)
-    np.testing.assert_array_equal(weights[0][untouched], host(tg.nn.Embedding(8, 4, sparse=True).weight)[untouched])
+    initial = host(tg.nn.Embedding(8, 4, sparse=True).weight)
+    np.testing.assert_array_equal(weights[0][untouched], initial[untouched])
 
 
 def test_compare_command_runs_on_both_devices(device, capsys):
@@ -274,3 +278,19 @@ def test_step_guard_restores_on_the_device(device):
     assert backend.device_of(w.data) == backend.parse_device(device)
     np.testing.assert_array_equal(host(w), values[0])
     np.testing.assert_array_equal(host(buffer), values[1])
+
+
+def test_main_job_trains_on_the_device_and_resumes_on_the_cpu(device, tmp_path):
+    """``tinygrad-sgd train --device cuda`` (tiny): it writes its outputs, and its checkpoint
+    resumes on the CPU."""
+    from tinygrad_sgd import cli
+
+    options = ["--hidden", "8", "--batch-size", "256", "--quiet"]
+    assert cli.main(["train", "--device", device, "--epochs", "1", "--run-dir", str(tmp_path / "gpu"),
+                     *options]) == 0
+    for name in ("history.csv", "loss.png", "checkpoint.npz"):
+        assert (tmp_path / "gpu" / name).is_file()
+    assert cli.main(["train", "--device", "cpu", "--epochs", "2", "--run-dir", str(tmp_path / "cpu"),
+                     "--resume", str(tmp_path / "gpu" / "checkpoint.npz"), *options]) == 0
+    history = (tmp_path / "cpu" / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # header, the resumed epoch 1 and the new epoch 2

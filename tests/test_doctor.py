@@ -37,8 +37,8 @@ def test_a_wrong_fused_step_fails_with_one_line(monkeypatch, capsys):
     assert "smoke      cpu: FAILED: fused Adam step (parameter 0) against the reference differs by 0.001" \
         in captured.out
     assert captured.err.strip().splitlines() == [
-        ("tinygrad-sgd doctor: failed: cpu: fused Adam step (parameter 0) against the reference differs by 0.001 "
-         "(tolerance 1e-06)")]
+        ("tinygrad-sgd doctor: failed: cpu: fused Adam step (parameter 0) against the reference "
+         "differs by 0.001 (tolerance 1e-06)")]
 
 
 def test_a_crashing_smoke_test_is_reported_not_raised(monkeypatch, capsys):

@@ -69,7 +69,8 @@ def extras() -> list[tuple[str, list[tuple[str, str | None]]]]:
         if extra is None:
             continue
         name = re.match(r"[A-Za-z0-9._-]*", spec.strip())
-        found.setdefault(extra.group(1), []).append((spec.strip(), version_of(name.group(0)) if name else None))
+        installed = version_of(name.group(0)) if name else None
+        found.setdefault(extra.group(1), []).append((spec.strip(), installed))
     return sorted(found.items())
 
 

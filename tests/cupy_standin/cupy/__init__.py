@@ -292,8 +292,8 @@ class ndarray:
         return complex(self.item())
 
     def __getattr__(self, name):  # only reached for names the class does not define
-        raise AttributeError(f"cupy.ndarray.{name} is not covered by the CuPy stand-in "
-                             "(tests/cupy_standin/cupy); add it there with CuPy's behaviour if real CuPy has it")
+        raise AttributeError(f"cupy.ndarray.{name} is not covered by the CuPy stand-in (tests/cupy_standin/"
+                             "cupy); add it there with CuPy's behaviour if real CuPy has it")
 
     def __repr__(self):
         return repr(self._a)
@@ -453,7 +453,8 @@ def empty(shape, dtype=float, order="C"):
 def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
     if type(prototype) is not ndarray:
         raise TypeError(f"Unsupported type {type(prototype)}")
-    return ndarray._make(_garbage(numpy.empty_like(prototype._a, dtype=dtype, order=order, shape=shape)), None)
+    memory = numpy.empty_like(prototype._a, dtype=dtype, order=order, shape=shape)
+    return ndarray._make(_garbage(memory), None)
 
 
 def scatter_add(a, slices, value):
@@ -502,7 +503,8 @@ def may_share_memory(a, b, max_work=None):
 _FUNCTIONS_BY_NAME = {name: _delegate(name) for name in CREATION + FUNCTIONS}
 _FUNCTIONS_BY_NAME["take"] = _delegate("take", allow_numpy=True)  # CuPy converts NumPy indices
 _FUNCTIONS_BY_NAME.update(array=array, asarray=asarray, ascontiguousarray=ascontiguousarray, empty=empty,
-                          empty_like=empty_like, shares_memory=shares_memory, may_share_memory=may_share_memory)
+                          empty_like=empty_like, shares_memory=shares_memory,
+                          may_share_memory=may_share_memory)
 globals().update(_FUNCTIONS_BY_NAME)
 _FUNCTIONS_BY_NAME.update(UFUNCS_BY_NAME)
 
