@@ -48,7 +48,8 @@ def main() -> None:
     gen = np.random.default_rng(0)
 
     def arrays(scale):
-        return [cupy.asarray((scale * gen.standard_normal(piece)).astype(np.float32)) for _ in range(args.tensors)]
+        return [cupy.asarray((scale * gen.standard_normal(piece)).astype(np.float32))
+                for _ in range(args.tensors)]
 
     def zeros():
         return [cupy.zeros(piece, cupy.float32) for _ in range(args.tensors)]

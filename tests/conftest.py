@@ -32,7 +32,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: a device-parametrized test case on the 'cuda' device")
-    config.addinivalue_line("markers", "standin: a test of the CuPy stand-in itself (runs with --cupy-standin)")
+    config.addinivalue_line("markers", "standin: a test of the CuPy stand-in itself (with --cupy-standin)")
     if config.getoption("--cupy-standin") or os.environ.get(STANDIN_ENV_VAR) == "1":
         enable_cupy_standin()
 

@@ -46,14 +46,14 @@ def test_backward_delivers_leaf_gradients_on_the_device(device):
 def test_to_labels_the_result_with_the_target_device(device):
     """``ToDevice`` results carry the device they are on (``Function.output_device``)."""
     target = backend.parse_device(device)
-    moved = tg.Tensor([1.0, 2.0]).to(device)
+    moved = tg.Tensor([1.0, 2.0], device="cpu").to(device)
     assert moved.device == target and backend.device_of(moved.data) == target
     back = moved.cpu()
     assert back.device == "cpu" and isinstance(back.data, np.ndarray)
     if target != "cpu":
         assert moved.cuda().device == target
     # the gradient flows back across the move, onto the source device
-    x = tg.Tensor([1.0, -2.0, 3.0], requires_grad=True)
+    x = tg.Tensor([1.0, -2.0, 3.0], requires_grad=True, device="cpu")
     (x.to(device) * tg.Tensor([2.0, 2.0, 2.0], device=device)).sum().backward()
     assert x.grad.device == "cpu"
     np.testing.assert_array_equal(x.grad.numpy(), [2.0, 2.0, 2.0])
@@ -62,7 +62,7 @@ def test_to_labels_the_result_with_the_target_device(device):
 def test_cpu_index_tensor_moves_to_the_indexed_tensors_device(device):
     """As in PyTorch: a CPU index tensor may index a tensor on any device."""
     x = tg.Tensor(np.arange(12.0).reshape(3, 4), requires_grad=True, device=device)
-    picked = x[tg.Tensor([2, 0, 2])]
+    picked = x[tg.Tensor([2, 0, 2], device="cpu")]
     assert picked.device == x.device
     picked.sum().backward()
     np.testing.assert_array_equal(host(x.grad), np.array([[1.0] * 4, [0.0] * 4, [2.0] * 4]))
@@ -71,7 +71,7 @@ def test_cpu_index_tensor_moves_to_the_indexed_tensors_device(device):
 def test_index_tensor_on_a_gpu_cannot_index_a_cpu_tensor(device):
     if device == "cpu":
         pytest.skip("needs a second device")
-    x = tg.Tensor(np.arange(4.0))
+    x = tg.Tensor(np.arange(4.0), device="cpu")
     with pytest.raises(RuntimeError, match="index tensor is on cuda:0 but the indexed tensor is on cpu"):
         x[tg.Tensor([1, 2], device=device)]
 
@@ -79,7 +79,7 @@ def test_index_tensor_on_a_gpu_cannot_index_a_cpu_tensor(device):
 def test_batchnorm_refuses_an_input_on_another_device_before_any_state_changes(device):
     if device == "cpu":
         pytest.skip("needs a second device")
-    bn = tg.nn.BatchNorm1d(3)
+    bn = tg.nn.BatchNorm1d(3, device="cpu")
     x = tg.Tensor(np.random.default_rng(0).normal(size=(4, 3)), device=device)
     with pytest.raises(RuntimeError, match="BatchNorm1d: weight is on cpu but the input is on cuda:0"):
         bn(x)
@@ -107,9 +107,11 @@ def run_mlp(device, optimizer, fused, *, epochs=2, accumulation=1, clip=None, ch
     options = {"SGD": {"lr": 0.1, "momentum": 0.9}, "Adam": {"lr": 1e-2}, "AdamW": {"lr": 1e-2},
                "RMSprop": {"lr": 1e-3}, "Adagrad": {"lr": 0.05}}[optimizer]
     opt = getattr(tg.optim, optimizer)(model.parameters(), fused=fused, **options)
-    loader = tg.data.DataLoader(tg.data.TensorDataset(x, y), batch_size=16, shuffle=True, seed=0, device=device)
-    history = fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=epochs, accumulation_steps=accumulation,
-                  clip_grad_norm=clip, progress=False, log=None, checkpoint_path=checkpoint, resume_from=resume)
+    loader = tg.data.DataLoader(tg.data.TensorDataset(x, y), batch_size=16, shuffle=True, seed=0,
+                                device=device)
+    history = fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=epochs,
+                  accumulation_steps=accumulation, clip_grad_norm=clip, progress=False, log=None,
+                  checkpoint_path=checkpoint, resume_from=resume)
     return model, history
 
 
@@ -139,7 +141,7 @@ def test_checkpoint_from_the_device_resumes_on_the_cpu(device, tmp_path):
 
 def test_module_to_device_after_the_optimizer_keeps_training(device):
     tg.manual_seed(0)
-    model = tg.nn.Linear(4, 2)
+    model = tg.nn.Linear(4, 2, device="cpu")
     opt = tg.optim.Adam(model.parameters(), lr=0.1)
     model.to(device)
     x = tg.Tensor(np.ones((3, 4), np.float32), device=device)
@@ -164,7 +166,8 @@ def test_cnn_with_batchnorm_trains_alike_on_every_device(device):
         model = small_cnn(where)
         opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         for _ in range(3):
-            loss = tg.nn.functional.cross_entropy(model(tg.Tensor(x, device=where)), tg.Tensor(y, device=where))
+            logits = model(tg.Tensor(x, device=where))
+            loss = tg.nn.functional.cross_entropy(logits, tg.Tensor(y, device=where))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -205,7 +208,8 @@ def test_sparse_embedding_with_sparse_adam_on_the_device(device):
     np.testing.assert_allclose(weights[0], weights[1], rtol=1e-5, atol=1e-6)
     untouched = [2, 4, 6, 7]
     tg.manual_seed(0)
-    np.testing.assert_array_equal(weights[0][untouched], host(tg.nn.Embedding(8, 4, sparse=True).weight)[untouched])
+    initial = host(tg.nn.Embedding(8, 4, sparse=True).weight)
+    np.testing.assert_array_equal(weights[0][untouched], initial[untouched])
 
 
 def test_compare_command_runs_on_both_devices(device, capsys):
@@ -238,3 +242,55 @@ def test_host_data_goes_to_the_default_device(device, monkeypatch):
     backend.set_default_device("cpu")
     assert tg.Tensor(on_device).device == target and tg.Tensor(on_device.data).device == target
     assert tg.Tensor(np.array([1.0])).device == "cpu"
+
+
+def test_sparse_row_grad_refuses_indices_on_another_device(device):
+    from tinygrad_sgd.sparse import SparseRowGrad
+
+    values = tg.zeros(2, 3, device=device).data
+    if device == "cpu":
+        assert SparseRowGrad(np.array([0, 4]), values, (5, 3)).device == "cpu"
+        return
+    with pytest.raises(RuntimeError, match="indices are on cpu but values are on cuda:0"):
+        SparseRowGrad(np.array([0, 4]), values, (5, 3))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # lr=1e39 in float32, on purpose
+def test_step_guard_restores_on_the_device(device):
+    """The NaN guard's saved copies live beside the arrays they copy, and come back into
+    the same array objects on the device."""
+    from tinygrad_sgd.train.guard import StepGuard
+
+    w = tg.Tensor(np.ones(4, np.float32), requires_grad=True, device=device)
+    alias = w.data
+    opt = tg.optim.SGD([w], lr=0.1, momentum=0.9)
+    w.grad = tg.Tensor(np.ones(4, np.float32), device=device)
+    opt.step()
+    buffer = opt.state[w]["momentum_buffer"]
+    values = (host(w), host(buffer))
+    guard = StepGuard([w], opt)
+    guard.save()
+    opt.param_groups[0]["lr"] = 1e39  # float32 overflow: the step writes inf
+    opt.step()
+    assert not guard.finite()
+    guard.restore()
+    assert w.data is alias and opt.state[w]["momentum_buffer"] is buffer
+    assert backend.device_of(w.data) == backend.parse_device(device)
+    np.testing.assert_array_equal(host(w), values[0])
+    np.testing.assert_array_equal(host(buffer), values[1])
+
+
+def test_main_job_trains_on_the_device_and_resumes_on_the_cpu(device, tmp_path):
+    """``tinygrad-sgd train --device cuda`` (tiny): it writes its outputs, and its checkpoint
+    resumes on the CPU."""
+    from tinygrad_sgd import cli
+
+    options = ["--hidden", "8", "--batch-size", "256", "--quiet"]
+    assert cli.main(["train", "--device", device, "--epochs", "1", "--run-dir", str(tmp_path / "gpu"),
+                     *options]) == 0
+    for name in ("history.csv", "loss.png", "checkpoint.npz"):
+        assert (tmp_path / "gpu" / name).is_file()
+    assert cli.main(["train", "--device", "cpu", "--epochs", "2", "--run-dir", str(tmp_path / "cpu"),
+                     "--resume", str(tmp_path / "gpu" / "checkpoint.npz"), *options]) == 0
+    history = (tmp_path / "cpu" / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # header, the resumed epoch 1 and the new epoch 2

@@ -75,6 +75,7 @@ def test_results_follow_cupy(cp):
     out = cp.zeros(3)
     assert cp.add(row, 1.0, out=out) is out
     assert x.astype(x.dtype, copy=False) is x and x.astype(cp.float32) is not x
+    assert np.shares_memory(row, x) is True and cp.shares_memory(x.copy(), x) is False
 
 
 def test_flags_have_no_writeable(cp):

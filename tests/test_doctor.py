@@ -37,8 +37,8 @@ def test_a_wrong_fused_step_fails_with_one_line(monkeypatch, capsys):
     assert "smoke      cpu: FAILED: fused Adam step (parameter 0) against the reference differs by 0.001" \
         in captured.out
     assert captured.err.strip().splitlines() == [
-        ("tinygrad-sgd doctor: failed: cpu: fused Adam step (parameter 0) against the reference differs by 0.001 "
-         "(tolerance 1e-06)")]
+        ("tinygrad-sgd doctor: failed: cpu: fused Adam step (parameter 0) against the reference "
+         "differs by 0.001 (tolerance 1e-06)")]
 
 
 def test_a_crashing_smoke_test_is_reported_not_raised(monkeypatch, capsys):
@@ -71,3 +71,12 @@ def test_extras_come_from_the_package_metadata():
     assert {"gpu", "cudasim", "test"} <= set(extras)
     assert any(spec.startswith("cupy-cuda13x") for spec, _ in extras["gpu"])
     assert all(version is not None for _, version in extras["test"])  # the test run has them
+
+
+def test_gpu_lines_name_each_device_or_why_there_is_none(device):
+    lines = doctor.gpus()
+    if device == "cpu" and not tg.gpu_available():
+        assert len(lines) == 1 and lines[0].startswith("none: ")
+        return
+    assert lines[0].startswith("cuda:0: ") and "compute capability" in lines[0] and "CUDA driver" in lines[0]
+    assert len(lines) == tg.backend.gpu_count()

@@ -24,7 +24,7 @@ from importlib import metadata
 import numpy as np
 
 _ENV_VARS = ("TINYGRAD_SGD_DEVICE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
-             "NUMBA_THREADING_LAYER", "NUMBA_ENABLE_CUDASIM", "CUDA_VISIBLE_DEVICES")
+             "NUMBA_THREADING_LAYER", "NUMBA_ENABLE_CUDASIM", "CUDA_VISIBLE_DEVICES", "PYTHONPATH")
 
 
 class SmokeTestFailure(Exception):
@@ -69,7 +69,8 @@ def extras() -> list[tuple[str, list[tuple[str, str | None]]]]:
         if extra is None:
             continue
         name = re.match(r"[A-Za-z0-9._-]*", spec.strip())
-        found.setdefault(extra.group(1), []).append((spec.strip(), version_of(name.group(0)) if name else None))
+        installed = version_of(name.group(0)) if name else None
+        found.setdefault(extra.group(1), []).append((spec.strip(), installed))
     return sorted(found.items())
 
 
@@ -145,7 +146,7 @@ def smoke_test(device: str) -> str:
     loss, grads, params = loss_and_grads(device)
     if device == "cpu":  # the CPU is checked against central finite differences
         ok = tg.autograd.gradcheck(lambda a, b: tg.nn.functional.cross_entropy(
-            (tg.Tensor(x, dtype=tg.float64) @ a).tanh() @ b, tg.Tensor(y)),
+            (tg.Tensor(x, dtype=tg.float64, device="cpu") @ a).tanh() @ b, tg.Tensor(y, device="cpu")),
             [p.detach().requires_grad_() for p in params], raise_exception=False)
         if not ok:
             raise SmokeTestFailure("backward differs from finite differences")

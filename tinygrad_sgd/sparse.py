@@ -26,6 +26,9 @@ class SparseRowGrad:
         if indices.ndim != 1 or values.shape[0] != indices.shape[0] or tuple(values.shape[1:]) != tuple(shape[1:]):
             raise ValueError(f"SparseRowGrad: indices {indices.shape} and values {values.shape} do not fit "
                              f"a tensor of shape {shape}")
+        if backend.device_of(indices) != backend.device_of(values):  # as torch's sparse tensors
+            raise RuntimeError(f"SparseRowGrad: indices are on {backend.device_of(indices)} but values are on "
+                               f"{backend.device_of(values)}; both must be on one device")
         self.indices = indices
         self.values = values
         self.shape = tuple(shape)

@@ -26,8 +26,12 @@ numpy.ndarray)`` is False for it, as for real CuPy arrays. The rules it copies f
 * ``cupyx.scatter_add`` accepts only CuPy's atomicAdd dtypes (no int64).
 
 What it covers is listed in :data:`CREATION`, :data:`UFUNCS`, :data:`FUNCTIONS`,
-:data:`METHODS` and the names below them; ``cupy.cuda`` has one device, ``Device`` as a
-context manager, streams with ``synchronize()``. Anything else is an ``AttributeError`` (a
+:data:`METHODS` and :data:`SHARED` (dtypes and constants), plus the functions written out
+here: ``array``, ``asarray``, ``ascontiguousarray``, ``asnumpy``, ``get_array_module``,
+``empty``, ``empty_like``, ``shares_memory``, ``may_share_memory``, ``scatter_add`` (also
+``cupyx.scatter_add``), ``lib.stride_tricks.as_strided`` and ``get_default_memory_pool``;
+``cupy.cuda`` has one device, ``Device`` as a context manager, streams with
+``synchronize()``. Anything else is an ``AttributeError`` (a
 module name) or :class:`NotCovered` (a NumPy function dispatched to it) naming the missing
 function: add it here, with CuPy's behaviour, when the library starts to use it.
 
@@ -288,8 +292,8 @@ class ndarray:
         return complex(self.item())
 
     def __getattr__(self, name):  # only reached for names the class does not define
-        raise AttributeError(f"cupy.ndarray.{name} is not covered by the CuPy stand-in "
-                             "(tests/cupy_standin/cupy); add it there with CuPy's behaviour if real CuPy has it")
+        raise AttributeError(f"cupy.ndarray.{name} is not covered by the CuPy stand-in (tests/cupy_standin/"
+                             "cupy); add it there with CuPy's behaviour if real CuPy has it")
 
     def __repr__(self):
         return repr(self._a)
@@ -449,7 +453,8 @@ def empty(shape, dtype=float, order="C"):
 def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
     if type(prototype) is not ndarray:
         raise TypeError(f"Unsupported type {type(prototype)}")
-    return ndarray._make(_garbage(numpy.empty_like(prototype._a, dtype=dtype, order=order, shape=shape)), None)
+    memory = numpy.empty_like(prototype._a, dtype=dtype, order=order, shape=shape)
+    return ndarray._make(_garbage(memory), None)
 
 
 def scatter_add(a, slices, value):
@@ -486,10 +491,20 @@ def _delegate(name, allow_numpy=False):
     return fn
 
 
+def shares_memory(a, b, max_work=None):
+    """``cupy.shares_memory``: a Python bool (CuPy's answer is not an array)."""
+    return bool(numpy.shares_memory(_operand(a, []), _operand(b, []), max_work=max_work))
+
+
+def may_share_memory(a, b, max_work=None):
+    return bool(numpy.may_share_memory(_operand(a, []), _operand(b, []), max_work=max_work))
+
+
 _FUNCTIONS_BY_NAME = {name: _delegate(name) for name in CREATION + FUNCTIONS}
 _FUNCTIONS_BY_NAME["take"] = _delegate("take", allow_numpy=True)  # CuPy converts NumPy indices
 _FUNCTIONS_BY_NAME.update(array=array, asarray=asarray, ascontiguousarray=ascontiguousarray, empty=empty,
-                          empty_like=empty_like)
+                          empty_like=empty_like, shares_memory=shares_memory,
+                          may_share_memory=may_share_memory)
 globals().update(_FUNCTIONS_BY_NAME)
 _FUNCTIONS_BY_NAME.update(UFUNCS_BY_NAME)
 
