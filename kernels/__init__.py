@@ -18,6 +18,11 @@ Every update also takes ``maximize`` and ``grad_scale`` (one factor applied to e
 gradient first: 1/k accumulation x clipping coefficient x 1/world size). The readable
 specification of each update is the optimizer's ``_single_tensor_*`` function in
 ``tinygrad_sgd.optim``; ``reference.py`` holds the NumPy versions of the two reductions.
+
+The layers' ops have CPU kernels of their own, imported on first use by
+``tinygrad_sgd.ops.cpu_kernels`` (not through this module): ``conv.py`` (im2col, col2im,
+pooling), ``recurrent.py`` (the recurrent layers' gates), ``scatter.py`` (the dense
+embedding gradient).
 """
 
 from .dispatch import adagrad_update, adam_update, per_sample_grad_stats, rmsprop_update, sgd_update, sum_of_squares

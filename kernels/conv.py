@@ -4,16 +4,19 @@ The readable specification of every kernel is the array code in ``ops/nn.py`` (i
 through a stride-tricks view, col2im by strided slice additions, pooling over window
 views), which also runs on the GPU with CuPy; the tests hold the two equal.
 
-Layout. The convolution is im2col + one matrix product, with the columns laid out
+Layout. The convolution is im2col + matrix products, with the columns laid out
 ``cols[(c, i, j), (n, y, x)]`` -- one row per input channel and kernel offset, one column
 per output pixel of the whole batch -- so that
 
-* forward is ONE GEMM ``W (O, C*kh*kw) @ cols (C*kh*kw, N*Ho*Wo)`` for the whole batch,
-  whose ``(O, N*Ho*Wo)`` result :func:`rows_to_nchw` turns into NCHW (adding the bias in
-  the same pass);
+* forward is ``W (O, C*kh*kw) @ cols`` taken per sample (``np.matmul`` over the strided
+  ``(N, C*kh*kw, Ho*Wo)`` view), which writes NCHW directly;
 * the weight gradient is ONE GEMM ``g (O, N*Ho*Wo) @ cols^T`` (BLAS reads the transposed
   operand in place), with ``g`` brought to that layout by :func:`nchw_to_rows`;
-* the input gradient is ``W^T @ g`` followed by :func:`col2im`.
+* the input gradient is ``W^T @ g[n]`` per sample, ``(N, C*kh*kw, Ho*Wo)``, followed by
+  :func:`col2im`.
+
+Per-sample products measured faster than one product over the batch here for the forward
+pass and the input gradient, and slower for the weight gradient (docs/benchmarks.md).
 
 Every kernel writes each output element from one thread (``prange`` over rows, planes or
 channels), so no two threads ever add into the same element: no atomics, and the sums
@@ -56,7 +59,8 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
 
 @njit(**_OPTIONS)
 def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):
-    """The adjoint of :func:`im2col`: ``out[n, c, y*sh + i*dh - ph, ...] += cols[...]``.
+    """The adjoint of :func:`im2col`, from per-sample columns ``cols[n, (c*kh + i)*kw + j,
+    y*wo + x]``: ``out[n, c, y*sh + i*dh - ph, x*sw + j*dw - pw] += cols[...]``.
 
     One thread per ``(n, c)`` plane, so each output element has one writer."""
     batch, channels, height, width = out.shape
@@ -74,23 +78,11 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):
                     yy = y * sh + i * dh - ph
                     if yy < 0 or yy >= height:
                         continue
-                    start = (n * ho + y) * wo
+                    start = y * wo
                     for xo in range(wo):
                         xx = xo * sw + j * dw - pw
                         if 0 <= xx < width:
-                            out[n, c, yy, xx] += cols[row, start + xo]
-
-
-@njit(**_OPTIONS)
-def rows_to_nchw(rows, bias, use_bias, out):
-    """``out[n, o, p] = rows[o, n*P + p] (+ bias[o])``: the GEMM's result as NCHW."""
-    batch, channels, pixels = out.shape
-    for plane in prange(batch * channels):
-        n = plane // channels
-        o = plane % channels
-        b = bias[o] if use_bias else out.dtype.type(0)
-        for p in range(pixels):
-            out[n, o, p] = rows[o, n * pixels + p] + b
+                            out[n, c, yy, xx] += cols[n, row, start + xo]
 
 
 @njit(**_OPTIONS)

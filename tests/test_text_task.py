@@ -29,3 +29,33 @@ def test_sentiment_lstm_learns_the_generated_reviews():
     tg.train.fit(model, tg.nn.CrossEntropyLoss(), tg.optim.Adam(model.parameters(), lr=0.01), loader, epochs=4,
                  progress=False)
     assert tg.train.evaluate(model, test_loader, tg.nn.CrossEntropyLoss(), ("accuracy",))["accuracy"] >= 0.9
+
+
+def test_cli_trains_the_lstm_on_generated_reviews_and_predicts_with_it(tmp_path, capsys):
+    from tinygrad_sgd import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--model", "lstm", "--optimizer", "adam", "--lr", "0.01", "--hidden", "16",
+                     "--epochs", "2", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "lstm on generated movie reviews" in out and "test accuracy" in out
+    accuracy = float(out.split("test accuracy")[1].split()[0])
+    assert accuracy >= 0.9
+    ids, labels = text_task.reviews(20, seed=5)
+    np.savez(tmp_path / "reviews.npz", X=ids, y=labels)
+    assert cli.main(["predict", "--checkpoint", str(run / "checkpoint.npz"), "--data",
+                     str(tmp_path / "reviews.npz")]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0] == "prediction,p_0,p_1" and len(rows) == 21
+    predicted = np.array([int(r.split(",")[0]) for r in rows[1:]])
+    assert (predicted == labels).mean() >= 0.9
+
+
+def test_cli_lstm_refuses_a_data_file(tmp_path, capsys):
+    from tinygrad_sgd import cli
+
+    assert cli.main(["train", "--model", "lstm", "--data", str(tmp_path / "x.csv"),
+                     "--run-dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == ("tinygrad-sgd: error: --model lstm trains on generated movie "
+                                               "reviews and takes no --data")
+    assert not (tmp_path / "run").exists()

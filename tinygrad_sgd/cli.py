@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_run_options(sub):
-        sub.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+        sub.add_argument("--model", choices=("mlp", "cnn", "lstm"), default="mlp",
+                         help="lstm: an LSTM sentiment classifier on generated movie reviews")
         sub.add_argument("--hidden", type=int, default=128, help="MLP hidden units (default 128)")
         sub.add_argument("--dropout", type=float, default=0.0)
         sub.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
@@ -205,6 +206,10 @@ def make_model(args, tg, input_shape=None, outputs: int = 10):
     """The network for one sample of ``input_shape`` (features, or (C, H, W) for the CNN)
     with ``outputs`` outputs (the classes, or 1 for regression). The defaults are the digits'."""
     nn = tg.nn
+    if args.model == "lstm":  # embedding, LSTM (--hidden units), dropout, linear (tinygrad_sgd/text_task.py)
+        from .text_task import SentimentLSTM, vocabulary
+
+        return SentimentLSTM(len(vocabulary()), hidden_size=args.hidden, dropout=args.dropout, classes=outputs)
     if input_shape is None:
         input_shape = (64,) if args.model == "mlp" else (1, 8, 8)
     if args.model == "mlp":

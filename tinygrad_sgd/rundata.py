@@ -54,6 +54,10 @@ class RunData:
 
 def load_run_data(args) -> RunData:
     """Read ``args.data`` (the bundled digits when None) and prepare the three splits."""
+    if args.model == "lstm":  # generated reviews (tinygrad_sgd/text_task.py)
+        from .text_task import run_data
+
+        return run_data(args)
     if args.data is None:
         if args.target is not None:
             raise DataError("--target names a column of a CSV given with --data")
@@ -110,6 +114,8 @@ def load_run_data(args) -> RunData:
 
 def inputs(x: np.ndarray, spec: dict, shaped: bool = False) -> np.ndarray:
     """Raw samples -> model inputs: the layout's shape, then ``(x - mean) / std`` in float32."""
+    if spec["layout"] == "tokens":  # token ids (--model lstm): integers, not normalised
+        return np.asarray(x, dtype=np.int64).reshape(len(x), -1)
     if not shaped:
         x = _shape(x, spec["layout"])
         if x.ndim == 2 and len(spec["input_shape"]) > 1 and x.shape[1] == np.prod(spec["input_shape"]):

@@ -113,11 +113,10 @@ def conv_forward(x, weight, bias, geometry):
     out_channels = weight.shape[0]
     ho, wo = geometry.out_hw(*x.shape[2:])
     cols = im2col(x, geometry, (ho, wo))
-    rows = weight.reshape(out_channels, -1) @ cols  # one GEMM for the whole batch
-    out = np.empty((n, out_channels, ho * wo), dtype=x.dtype)
-    use_bias = bias is not None
-    with _launch(out.size) as run:
-        run(kernel_module("conv").rows_to_nchw)(rows, bias if use_bias else out[0, :, 0], use_bias, out)
+    per_sample = cols.reshape(cols.shape[0], n, ho * wo).transpose(1, 0, 2)  # a view: (N, C*kh*kw, Ho*Wo)
+    out = np.matmul(weight.reshape(out_channels, -1), per_sample)  # (N, O, Ho*Wo): NCHW already
+    if bias is not None:
+        out += bias.reshape(1, -1, 1)
     return out.reshape(n, out_channels, ho, wo), cols
 
 
@@ -130,11 +129,10 @@ def conv_weight_grad(x, grad_out, geometry, cols=None, grad_rows=None):
     return (rows @ cols.T).reshape((out_channels, x.shape[1]) + tuple(geometry.kernel))
 
 
-def conv_input_grad(grad_out, weight, x_shape: tuple, geometry, grad_rows=None):
-    """``col2im(W^T @ g)``: the transposed convolution."""
-    out_channels, ho, wo = grad_out.shape[1:]
-    rows = nchw_to_rows(grad_out) if grad_rows is None else grad_rows
-    cols = weight.reshape(out_channels, -1).T @ rows
+def conv_input_grad(grad_out, weight, x_shape: tuple, geometry):
+    """``col2im(W^T @ g[n])``: the transposed convolution."""
+    n, out_channels, ho, wo = grad_out.shape
+    cols = np.matmul(weight.reshape(out_channels, -1).T, grad_out.reshape(n, out_channels, ho * wo))
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
     top, _, left, _ = geometry.pads
     out = np.empty(x_shape, dtype=grad_out.dtype)

@@ -18,9 +18,9 @@ recomputes that input with Tensor ops when the backward is recorded (``create_gr
 so second derivatives through it stay exact.
 
 **CPU fast paths.** On NumPy arrays the convolution and pooling ops run Numba kernels
-(``cpu_kernels.py``, ``kernels/conv.py``): im2col into a ``(C*kh*kw, N*Ho*Wo)`` layout so
-the forward pass and the weight gradient are one GEMM each, col2im and pooling with one
-thread per plane (no ``np.add.at``). The array code below each ``if`` is the readable
+(``cpu_kernels.py``, ``kernels/conv.py``): im2col into a ``(C*kh*kw, N*Ho*Wo)`` layout,
+matrix products per sample (forward, input gradient) or over the batch (weight gradient),
+col2im and pooling with one thread per plane (no ``np.add.at``). The array code below each ``if`` is the readable
 reference, held equal to the kernels by the tests, and the code that runs on CuPy arrays.
 """
 
@@ -159,12 +159,11 @@ class Conv2d(Function):
         x, weight = self.inputs[0], self.inputs[1]
         needs = self.needs_input_grad
         grad_x = grad_w = grad_b = None
-        rows = None  # fast path: the gradient in the GEMMs' layout, made once for all three
-        if self.cols is not None and not is_grad_enabled() and cpu_kernels.available(grad.data):
+        rows = None  # fast path: the gradient in the weight GEMM's layout, also summed for the bias
+        if needs[1] and self.cols is not None and not is_grad_enabled() and cpu_kernels.available(grad.data):
             rows = cpu_kernels.nchw_to_rows(grad.data)
         if needs[0]:
-            grad_x = Conv2dInputGrad.apply(grad, weight, x_shape=x.data.shape, geometry=self.geometry,
-                                           grad_rows=rows)
+            grad_x = Conv2dInputGrad.apply(grad, weight, x_shape=x.data.shape, geometry=self.geometry)
         if needs[1]:
             grad_w = Conv2dWeightGrad.apply(x, grad, geometry=self.geometry, cols=self.cols, grad_rows=rows)
         if len(needs) > 2 and needs[2]:
@@ -179,11 +178,10 @@ class Conv2dInputGrad(Function):
     and ``conv_weight_grad(h, g)`` for ``W``.
     """
 
-    def forward(self, grad_out, weight, *, x_shape, geometry, grad_rows=None):
-        """``grad_rows``: ``grad_out`` already in the GEMMs' layout (fast path), or None."""
+    def forward(self, grad_out, weight, *, x_shape, geometry):
         self.x_shape, self.geometry = x_shape, geometry
         if cpu_kernels.available(grad_out, weight):
-            return cpu_kernels.conv_input_grad(grad_out, weight, x_shape, geometry, grad_rows)
+            return cpu_kernels.conv_input_grad(grad_out, weight, x_shape, geometry)
         n, out_channels, ho, wo = grad_out.shape
         _, c, kh, kw = weight.shape
         cols = weight.reshape(out_channels, -1).T @ grad_out.reshape(n, out_channels, ho * wo)
