@@ -336,3 +336,12 @@ def test_cupy_arrays_on_two_ranks():
     assert "cupy collectives and DDP on 2 ranks: ok" in result.stdout
     aware = os.environ.get("TINYGRAD_SGD_MPI_CUDA_AWARE") == "1"
     assert ("passed to MPI directly" if aware else "staged through host memory") in result.stderr
+
+
+def test_distributed_sampler_under_mpiexec_needs_the_group(tmp_path):
+    script = tmp_path / "no_group.py"
+    script.write_text("import tinygrad_sgd as tg\n"
+                      "tg.data.DistributedSampler(10)\n")
+    result = run_mpi([sys.executable, str(script)], timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.count("call tg.distributed.init_process_group() first") == 2

@@ -142,6 +142,19 @@ def get_world_size() -> int:
     return _group.size
 
 
+def default_rank_and_world(who: str) -> tuple:
+    """``(rank, world_size)`` for an object that takes them from the process group
+    (``DistributedSampler``'s defaults). Before ``init_process_group`` that is a world of one,
+    except in a process that ``mpiexec`` started with others: there the group is needed, or
+    every rank would silently take the whole dataset."""
+    if not _group.initialized and _launched_by_mpiexec():
+        sizes = [os.environ.get(name, "") for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")]
+        if any(size.isdigit() and int(size) > 1 for size in sizes):
+            raise RuntimeError(f"{who}: this process is one of several started by mpiexec; call "
+                               "tg.distributed.init_process_group() first (or pass num_replicas= and rank=)")
+    return _group.rank, _group.size
+
+
 def is_main_process() -> bool:
     """True on rank 0, the one that logs and writes files."""
     return _group.rank == 0
