@@ -52,7 +52,8 @@ def run_mpi(args, *, timeout=300, cwd=ROOT):
 
 def test_world_of_one_without_mpiexec():
     assert dist.is_initialized() and dist.get_rank() == 0 and dist.get_world_size() == 1
-    assert dist.is_main_process()
+    assert dist.is_main_process() and dist.get_local_rank() == 0
+    assert dist.device_for_this_rank() == tg.backend.best_device()
     dist.init_process_group()  # again: harmless
     dist.barrier()
 
