@@ -52,7 +52,8 @@ def run_mpi(args, *, timeout=300, cwd=ROOT):
 
 def test_world_of_one_without_mpiexec():
     assert dist.is_initialized() and dist.get_rank() == 0 and dist.get_world_size() == 1
-    assert dist.is_main_process()
+    assert dist.is_main_process() and dist.get_local_rank() == 0
+    assert dist.device_for_this_rank() == tg.backend.best_device()
     dist.init_process_group()  # again: harmless
     dist.barrier()
 
@@ -326,13 +327,30 @@ def test_ddp_reduces_a_sparse_embedding_gradient_as_a_dense_one(bucket_cap_mb):
 
 
 @pytest.mark.cuda
-def test_cupy_arrays_on_two_ranks():
-    """CuPy arrays through MPI (staged through the host unless MPI is CUDA-aware, as the
-    debug log says) and DDP on the GPU; on a GPU, or on the CuPy stand-in in CI."""
+@pytest.mark.parametrize("cuda_aware", [False, True])
+def test_cupy_arrays_on_two_ranks(cuda_aware, monkeypatch):
+    """CuPy arrays through MPI -- staged through the host, or handed to a CUDA-aware MPI
+    directly, as the debug log says -- and DDP on the GPU; on a GPU, or on the CuPy stand-in
+    in CI. The direct path is forced only on the stand-in, whose device memory is host
+    memory: on a real GPU it needs an MPI built with CUDA support."""
     if not tg.gpu_available():
         pytest.skip("no CUDA GPU (run with --cupy-standin for the CuPy stand-in)")
+    if cuda_aware:
+        if not getattr(tg.backend.get_array_module("cuda"), "STANDIN", False):
+            pytest.skip("forcing the CUDA-aware path needs a CUDA-aware MPI on a real GPU")
+        monkeypatch.setenv("TINYGRAD_SGD_MPI_CUDA_AWARE", "1")
+    else:
+        monkeypatch.delenv("TINYGRAD_SGD_MPI_CUDA_AWARE", raising=False)
     result = run_mpi([sys.executable, "tests/mpi/cupy_collectives.py"], timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "cupy collectives and DDP on 2 ranks: ok" in result.stdout
-    aware = os.environ.get("TINYGRAD_SGD_MPI_CUDA_AWARE") == "1"
-    assert ("passed to MPI directly" if aware else "staged through host memory") in result.stderr
+    assert ("passed to MPI directly" if cuda_aware else "staged through host memory") in result.stderr
+
+
+def test_distributed_sampler_under_mpiexec_needs_the_group(tmp_path):
+    script = tmp_path / "no_group.py"
+    script.write_text("import tinygrad_sgd as tg\n"
+                      "tg.data.DistributedSampler(10)\n")
+    result = run_mpi([sys.executable, str(script)], timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.count("call tg.distributed.init_process_group() first") == 2

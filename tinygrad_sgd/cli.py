@@ -156,9 +156,10 @@ def check_run_options(args) -> None:
 
 
 def resolve_device(tg, text: str) -> str:
-    """``--device``: auto (a GPU when present), cpu, cuda or cuda:N, and that device must exist."""
-    if text == "auto":
-        return tg.backend.best_device()
+    """``--device``: auto (a GPU when present; rank r of the processes on a machine with G GPUs takes
+    GPU r % G), cpu, cuda or cuda:N, and that device must exist."""
+    if text == "auto":  # under mpiexec: the ranks on one machine spread over its GPUs
+        return tg.distributed.device_for_this_rank()
     try:
         return tg.backend.parse_device(text)
     except ValueError as error:  # not a device name

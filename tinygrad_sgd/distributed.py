@@ -58,6 +58,7 @@ class _Group:
         self.comm = None
         self.rank = 0
         self.size = 1
+        self.local_rank = 0  # among the group's processes on this machine
         self.previous_excepthook = None
 
 
@@ -105,6 +106,11 @@ def init_process_group(backend: str = "mpi", *, comm=None) -> None:
         _group.comm, _group.rank, _group.size = comm, comm.Get_rank(), comm.Get_size()
     if _group.size == 1:
         _group.comm = None  # a world of one: collectives are the identity, no MPI calls at all
+    else:  # the processes sharing this machine's memory (MPI-3): which of its GPUs is ours
+        from mpi4py import MPI
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        _group.local_rank = local.Get_rank()
+        local.Free()
     _group.initialized = True
     if _group.size > 1:
         _group.previous_excepthook = sys.excepthook
@@ -140,6 +146,34 @@ def get_rank() -> int:
 def get_world_size() -> int:
     """The number of processes in the group (1 before the group is initialised)."""
     return _group.size
+
+
+def default_rank_and_world(who: str) -> tuple:
+    """``(rank, world_size)`` for an object that takes them from the process group
+    (``DistributedSampler``'s defaults). Before ``init_process_group`` that is a world of one,
+    except in a process that ``mpiexec`` started with others: there the group is needed, or
+    every rank would silently take the whole dataset."""
+    if not _group.initialized and _launched_by_mpiexec():
+        sizes = [os.environ.get(name, "") for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")]
+        if any(size.isdigit() and int(size) > 1 for size in sizes):
+            raise RuntimeError(f"{who}: this process is one of several started by mpiexec; call "
+                               "tg.distributed.init_process_group() first (or pass num_replicas= and rank=)")
+    return _group.rank, _group.size
+
+
+def get_local_rank() -> int:
+    """This process's rank among the group's processes on the same machine (0 in a world of one)."""
+    return _group.local_rank
+
+
+def device_for_this_rank() -> str:
+    """The device a rank trains on by default: GPU ``local_rank % GPUs`` when the machine has
+    GPUs, so the ranks on one machine spread over its GPUs, else the CPU. In a world of one,
+    ``backend.best_device()``."""
+    count = backend.gpu_count()
+    if _group.size == 1 or count == 0:
+        return backend.best_device()
+    return f"cuda:{_group.local_rank % count}"
 
 
 def is_main_process() -> bool:

@@ -151,6 +151,12 @@ def test_parameters_on_different_devices_fail_on_every_rank():
         DistributedDataParallel(model)
 
 
+def test_local_rank_and_default_device():
+    assert dist.get_local_rank() == dist.get_rank()  # both ranks on this machine
+    count = tg.backend.gpu_count()
+    assert dist.device_for_this_rank() == (f"cuda:{dist.get_rank() % count}" if count else "cpu")
+
+
 def test_collectives():
     rank = dist.get_rank()
     a = np.full(5, rank + 1.0)

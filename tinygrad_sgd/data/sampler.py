@@ -193,8 +193,10 @@ class DistributedSampler(Sampler):
     def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False):
         self.n = self.data_size = _length_of(dataset, "DistributedSampler")
-        num_replicas = distributed.get_world_size() if num_replicas is None else num_replicas
-        rank = distributed.get_rank() if rank is None else rank
+        if num_replicas is None or rank is None:
+            group_rank, group_size = distributed.default_rank_and_world("DistributedSampler")
+            num_replicas = group_size if num_replicas is None else num_replicas
+            rank = group_rank if rank is None else rank
         self.num_replicas = check_int(num_replicas, "num_replicas", minimum=1)
         self.rank = check_int(rank, "rank", minimum=0)
         if self.rank >= self.num_replicas:
