@@ -61,6 +61,11 @@ BAD_VALUES = [
 ]
 
 
+def test_no_command_names_the_commands(capsys):
+    status, _, err = run([], capsys)
+    assert status == 2 and "train" in one_error_line(err) and "predict" in err
+
+
 @pytest.mark.parametrize("extra, option", BAD_VALUES, ids=[" ".join(e) for e, _ in BAD_VALUES])
 def test_a_bad_value_is_one_line_exit_2_and_leaves_no_run_folder(tmp_path, capsys, extra, option):
     run_dir = tmp_path / "run"

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run the benchmark scripts of a source checkout")
     bench.add_argument("names", nargs="*", help="benchmark names (default: all), e.g. op_overhead")
     commands.add_parser("doctor", help="versions, threads, GPUs, extras and a smoke test per device")
+    # Named in the message for a missing command: "required: {train,compare,...}".
+    commands.metavar = "{" + ",".join(commands.choices) + "}"
     return parser
 
 
