@@ -344,6 +344,10 @@ class RunError(Exception):
     recorded so far stays in the run folder."""
 
 
+class Interrupted(RunError):
+    """Ctrl-C while training: one line and exit status 130 (the shell's 128 + SIGINT)."""
+
+
 def command_train(args) -> int:
     import tinygrad_sgd as tg
 
@@ -390,6 +394,15 @@ def command_train(args) -> int:
                        + (" (try a smaller --lr)" if args.clip is None else "")) from None
     except OSError as error:
         raise RunError(f"training stopped: {error}; the last checkpoint, if any, is {checkpoint}") from None
+    except KeyboardInterrupt:
+        if not (main_rank and checkpoint.exists()):
+            raise Interrupted("interrupted before the first checkpoint was written") from None
+        # The checkpoint holds the history up to it; the run continues from there with --resume.
+        saved_history = tg.train.History()
+        saved_history.load_state_dict(tg.train.load_checkpoint(checkpoint)["history"])
+        _write_history(saved_history, run_dir)
+        raise Interrupted(f"interrupted; the history up to the last checkpoint is in {run_dir}/history*.csv, "
+                          f"and --resume {checkpoint} continues the run") from None
     elapsed = time.perf_counter() - started
     summary = _test_summary(tg, run)  # on every rank: evaluating may take part in collectives
     if not main_rank:
@@ -591,6 +604,8 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except UsageError as error:
         return _fail(error, 2)
+    except Interrupted as error:
+        return _fail(error, 130)
     except RunError as error:
         return _fail(error, 1)
     except BrokenPipeError:  # `tinygrad-sgd predict ... | head`: the reader left; say nothing more
