@@ -12,7 +12,7 @@
 Every value is checked before anything runs: a bad one is refused in one line,
 ``tinygrad-sgd: error: ...``, with exit status 2, and leaves no run folder behind. A run
 that fails while training (it diverged, the disk filled) stops with one line and exit
-status 1, keeping what it had recorded.
+status 1, keeping what it had recorded; Ctrl-C does the same with status 130.
 """
 
 from __future__ import annotations
