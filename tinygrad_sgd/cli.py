@@ -470,9 +470,12 @@ def command_predict(args) -> int:
         x = rundata.inputs(x, spec)
         model = make_model(rundata.model_options(spec), tg, spec["input_shape"], n_outputs(spec))
         model.load_state_dict(saved["model"])
-        expected = rundata.targets(y, spec) if y is not None else None
     except (ValueError, TypeError, RuntimeError, KeyError) as error:
         raise UsageError(f"{error}" if not isinstance(error, KeyError) else f"{path}: missing {error}") from None
+    try:  # the file's own targets, when it has them, give a score; predictions do not need them
+        expected = rundata.targets(y, spec) if y is not None else None
+    except rundata.DataError:  # a label the model never saw, say
+        expected = None
     # ---- predict
     model.to(device).eval()
     outputs = []
