@@ -4,8 +4,10 @@ behind). A failure while training (divergence) exits 1 with one line and keeps t
 history recorded up to it."""
 
 import csv
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -59,6 +61,11 @@ BAD_VALUES = [
     (["--task", "ranking"], "--task"),
     (["--no-such-option"], "--no-such-option"),
 ]
+
+
+def test_no_command_names_the_commands(capsys):
+    status, _, err = run([], capsys)
+    assert status == 2 and "train" in one_error_line(err) and "predict" in err
 
 
 @pytest.mark.parametrize("extra, option", BAD_VALUES, ids=[" ".join(e) for e, _ in BAD_VALUES])
@@ -153,3 +160,25 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert result.stdout == "" and "Traceback" not in result.stderr
     assert one_error_line(result.stderr) == f"{PREFIX}argument --lr: must be a finite number > 0, got nan"
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_history_of_the_last_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "tinygrad_sgd", "train", "--epochs", "10000", "--quiet",
+                                "--device", "cpu", "--run-dir", str(run_dir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoint.npz").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the first epoch ends and is checkpointed
+        assert (run_dir / "checkpoint.npz").exists(), "no checkpoint within 120 s"
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    line = one_error_line(err)
+    assert "interrupted" in line and "--resume" in line and "Traceback" not in err
+    with open(run_dir / "history.csv") as file:
+        assert len(list(csv.DictReader(file))) >= 1

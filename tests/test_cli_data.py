@@ -397,6 +397,11 @@ def test_predict_refuses_what_does_not_fit_before_writing(tmp_path, capsys):
     status, _, err = run(["predict", "--checkpoint", plain, "--data", data], capsys)
     assert status == 2 and "not written by tinygrad-sgd train" in one_error_line(err)
     assert not any(name.startswith(".predictions-") for name in os.listdir(tmp_path))
+    # labels the model never saw: the predictions are written, only the score is left out
+    unseen = write_csv(tmp_path / "unseen.csv", ["a", "b", "c", "d", "y"], [[*r, 7] for r in x.tolist()])
+    status, said, err = run(["predict", "--checkpoint", checkpoint, "--data", unseen, "--out", out], capsys)
+    assert status == 0, err
+    assert said.startswith("wrote 60 predictions") and "accuracy" not in said and out.exists()
 
 
 def test_r2_score_is_one_minus_the_unexplained_share_of_the_variance():

@@ -12,7 +12,7 @@
 Every value is checked before anything runs: a bad one is refused in one line,
 ``tinygrad-sgd: error: ...``, with exit status 2, and leaves no run folder behind. A run
 that fails while training (it diverged, the disk filled) stops with one line and exit
-status 1, keeping what it had recorded.
+status 1, keeping what it had recorded; Ctrl-C does the same with status 130.
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run the benchmark scripts of a source checkout")
     bench.add_argument("names", nargs="*", help="benchmark names (default: all), e.g. op_overhead")
     commands.add_parser("doctor", help="versions, threads, GPUs, extras and a smoke test per device")
+    # Named in the message for a missing command: "required: {train,compare,...}".
+    commands.metavar = "{" + ",".join(commands.choices) + "}"
     return parser
 
 
@@ -348,6 +350,10 @@ class RunError(Exception):
     recorded so far stays in the run folder."""
 
 
+class Interrupted(RunError):
+    """Ctrl-C while training: one line and exit status 130 (the shell's 128 + SIGINT)."""
+
+
 def command_train(args) -> int:
     import tinygrad_sgd as tg
 
@@ -394,6 +400,15 @@ def command_train(args) -> int:
                        + (" (try a smaller --lr)" if args.clip is None else "")) from None
     except OSError as error:
         raise RunError(f"training stopped: {error}; the last checkpoint, if any, is {checkpoint}") from None
+    except KeyboardInterrupt:
+        if not (main_rank and checkpoint.exists()):
+            raise Interrupted("interrupted before the first checkpoint was written") from None
+        # The checkpoint holds the history up to it; the run continues from there with --resume.
+        saved_history = tg.train.History()
+        saved_history.load_state_dict(tg.train.load_checkpoint(checkpoint)["history"])
+        _write_history(saved_history, run_dir)
+        raise Interrupted(f"interrupted; the history up to the last checkpoint is in {run_dir}/history*.csv, "
+                          f"and --resume {checkpoint} continues the run") from None
     elapsed = time.perf_counter() - started
     summary = _test_summary(tg, run)  # on every rank: evaluating may take part in collectives
     if not main_rank:
@@ -461,9 +476,12 @@ def command_predict(args) -> int:
         x = rundata.inputs(x, spec)
         model = make_model(rundata.model_options(spec), tg, spec["input_shape"], n_outputs(spec))
         model.load_state_dict(saved["model"])
-        expected = rundata.targets(y, spec) if y is not None else None
     except (ValueError, TypeError, RuntimeError, KeyError) as error:
         raise UsageError(f"{error}" if not isinstance(error, KeyError) else f"{path}: missing {error}") from None
+    try:  # the file's own targets, when it has them, give a score; predictions do not need them
+        expected = rundata.targets(y, spec) if y is not None else None
+    except rundata.DataError:  # a label the model never saw, say
+        expected = None
     # ---- predict
     model.to(device).eval()
     outputs = []
@@ -595,6 +613,8 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except UsageError as error:
         return _fail(error, 2)
+    except Interrupted as error:
+        return _fail(error, 130)
     except RunError as error:
         return _fail(error, 1)
     except BrokenPipeError:  # `tinygrad-sgd predict ... | head`: the reader left; say nothing more
