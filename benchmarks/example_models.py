@@ -20,6 +20,11 @@ same batches. Each round times ``--steps`` steps of one framework, then of the o
 a short pause before each so one framework's idle-spinning worker threads do not slow the
 next; the median step of each is reported, and the ratio engine / torch (below 1: the
 engine is faster). torch runs with as many threads as Numba (``--threads``).
+
+Two clocks: wall time, and the process's CPU time (``time.process_time``), which a loaded
+machine disturbs far less -- waiting for a core costs no CPU time. With one thread
+(``OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1``) the CPU-time ratio is the steadier figure
+on a shared machine; with more threads it also counts threads that spin while waiting.
 """
 
 from __future__ import annotations
@@ -238,38 +243,41 @@ def _batches(data, batch: int):
 
 
 def time_steps(name: str, s: dict, rounds: int, steps: int) -> dict:
-    """Median seconds per step of each framework, timed in alternating rounds."""
+    """Median (wall, CPU) seconds per step of each framework, timed in alternating rounds."""
     engine_step, torch_step = build(name, s)
     batches = _batches(make_data(name, s, s["batch"] * steps), s["batch"])
     runs = {"engine": engine_step} if torch_step is None else {"engine": engine_step, "torch": torch_step}
     for run in runs.values():  # warm-up: compile kernels, allocate state
         run(batches[0])
         run(batches[-1])
-    times: dict = {k: [] for k in runs}
+    times: dict = {k: ([], []) for k in runs}
     for _ in range(rounds):
         for key, run in runs.items():
             time.sleep(SETTLE_S)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for b in batches:
                 run(b)
-            times[key].append((time.perf_counter() - start) / len(batches))
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[key][0].append((time.perf_counter() - start) / len(batches))
+            times[key][1].append((time.process_time() - start_cpu) / len(batches))
+    return {k: (statistics.median(wall), statistics.median(cpu)) for k, (wall, cpu) in times.items()}
 
 
-def time_epoch(name: str, s: dict) -> dict:
-    """Seconds for one epoch of ``epoch_samples`` synthetic samples, each framework once
-    (the engine first, then torch)."""
+def time_epoch(name: str, s: dict, chunk: int = 25) -> tuple:
+    """Seconds for one epoch of ``epoch_samples`` synthetic samples, per framework, and the
+    sample count. Both frameworks run the whole epoch, interleaved ``chunk`` steps at a
+    time (so a change of machine load hits both alike); each one's time is summed."""
     engine_step, torch_step = build(name, s)
     batches = _batches(make_data(name, s, s["epoch_samples"], seed=1), s["batch"])
     runs = {"engine": engine_step} if torch_step is None else {"engine": engine_step, "torch": torch_step}
-    out = {}
-    for key, run in runs.items():
+    out = dict.fromkeys(runs, 0.0)
+    for run in runs.values():
         run(batches[0])  # warm-up
-        time.sleep(SETTLE_S)
-        start = time.perf_counter()
-        for b in batches:
-            run(b)
-        out[key] = time.perf_counter() - start
+    for first in range(0, len(batches), chunk):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            for b in batches[first:first + chunk]:
+                run(b)
+            out[key] += time.perf_counter() - start
     return out, len(batches) * s["batch"]
 
 
@@ -292,12 +300,18 @@ def main(argv=None) -> None:
     torch_note = f"torch {torch.__version__} ({threads} threads)" if torch else "torch not installed"
     print(f"# example_models  numpy {np.__version__}  numba {numba.__version__} ({numba.get_num_threads()} "
           f"threads)  {torch_note}  {platform.machine()} {os.cpu_count()} cpus  {time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"{'workload':<10}{'engine ms':>11}{'torch ms':>10}{'engine/torch':>14}")
+    print(f"{'workload':<10}{'engine ms':>11}{'torch ms':>10}{'engine/torch':>14}"
+          f"{'engine cpu ms':>15}{'torch cpu ms':>14}{'cpu ratio':>11}")
     for name in args.only:
         median = time_steps(name, shapes[name], rounds, steps)
-        line = f"{name:<10}{median['engine'] * 1e3:>11.2f}"
+        (wall, cpu) = median["engine"]
+        line = f"{name:<10}{wall * 1e3:>11.2f}"
         if "torch" in median:
-            line += f"{median['torch'] * 1e3:>10.2f}{median['engine'] / median['torch']:>13.2f}x"
+            t_wall, t_cpu = median["torch"]
+            line += f"{t_wall * 1e3:>10.2f}{wall / t_wall:>13.2f}x{cpu * 1e3:>15.2f}{t_cpu * 1e3:>14.2f}"
+            line += f"{cpu / t_cpu:>10.2f}x"
+        else:
+            line += f"{'':>24}{cpu * 1e3:>15.2f}"
         print(line, flush=True)
     if args.epoch or args.quick:
         print(f"{'epoch':<10}{'samples':>9}{'engine s':>10}{'torch s':>9}{'engine/s':>10}{'torch/s':>9}"

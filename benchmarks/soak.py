@@ -47,17 +47,22 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def history_mb(history) -> float:
-    """Bytes held by the History's step lists and the number objects in them (each object
-    once: small ints such as the epoch or the batch size are shared, not stored per row)."""
-    total, seen = 0, set()
+def history_mb(history, window: int = 1000) -> float:
+    """Bytes held by the History's step lists and the number objects in them: the lists
+    exactly, the objects per row measured on the last ``window`` rows (each object once:
+    the epoch, the learning rate and small ints are shared between rows). Counting every
+    row with a set of ids would allocate tens of MB, which the RSS readings would see."""
+    lists = sum(sys.getsizeof(values) for values in history.steps.values())
+    rows = len(history)
+    if rows == 0:
+        return lists / 2**20
+    seen, objects = set(), 0
     for values in history.steps.values():
-        total += sys.getsizeof(values)
-        for v in values:
+        for v in values[-window:]:
             if id(v) not in seen:
                 seen.add(id(v))
-                total += sys.getsizeof(v)
-    return total / 2**20
+                objects += sys.getsizeof(v)
+    return (lists + objects * rows / min(rows, window)) / 2**20
 
 
 def live_graph_objects() -> tuple:

@@ -60,12 +60,44 @@ def epoch_time(hidden: int, batch_size: int, opt_name: str, variant: str, data) 
 loop_guard = loop.StepGuard
 
 
+def per_call(hiddens, calls: int = 2000) -> int:
+    """Microseconds per call of the guard's check (``isfinite`` per array) and of the fused
+    float64 sum of squares (``kernels.sum_of_squares``) over the same parameters,
+    alternating in 5 rounds; the median round is printed."""
+    from tinygrad_sgd import kernels
+    from tinygrad_sgd.train.guard import all_finite
+
+    print(f"{'model':>14} {'isfinite_us':>11} {'sum_of_squares_us':>17}")
+    for hidden in hiddens:
+        tg.manual_seed(0)
+        model = tg.nn.Sequential(tg.nn.Linear(64, hidden), tg.nn.ReLU(), tg.nn.Linear(hidden, hidden),
+                                 tg.nn.ReLU(), tg.nn.Linear(hidden, 10))
+        arrays = [p.data for p in model.parameters()]
+        candidates = {"isfinite": lambda a=arrays: all_finite(a), "sum": lambda a=arrays: kernels.sum_of_squares(a)}
+        rounds: dict = {name: [] for name in candidates}
+        for fn in candidates.values():
+            fn()  # compile
+        for _ in range(5):
+            for name, fn in candidates.items():
+                started = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                rounds[name].append((time.perf_counter() - started) / calls * 1e6)
+        print(f"{f'64-{hidden}-{hidden}-10':>14} {statistics.median(rounds['isfinite']):11.1f} "
+              f"{statistics.median(rounds['sum']):17.1f}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-call", action="store_true",
+                        help="only time the check itself against the fused sum of squares, per call")
     args = parser.parse_args(argv)
+    if args.per_call:
+        return per_call(args.hidden)
     (x, y), _ = tg.data.load_digits(split=0.2, seed=0)
     print(f"# step_guard: {len(x)} samples, batch {args.batch_size}, {args.rounds} rounds; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, NumPy {np.__version__}")

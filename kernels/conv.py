@@ -24,6 +24,8 @@ Padding is handled by bounds checks inside the loops: no padded copy of the inpu
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -126,7 +128,7 @@ def max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
                 for yy in range(y_start, y_stop):
                     for xx in range(x_start, x_stop):
                         value = x[n, c, yy, xx]
-                        if value > best or np.isnan(value):
+                        if value > best or math.isnan(value):
                             best = value
                             where = yy * width + xx
                 out[n, c, y, xo] = best
@@ -137,7 +139,7 @@ def max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
 def max_pool_2x2(x, sh, sw, out, argmax):
     """:func:`max_pool` for the common 2x2 window without padding, written out so the
     compiler unrolls it (a window loop of unknown length costs 3x as much)."""
-    batch, channels, height, width = x.shape
+    batch, channels, _, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
     for plane in prange(batch * channels):
         n = plane // channels
@@ -151,7 +153,7 @@ def max_pool_2x2(x, sh, sw, out, argmax):
                         yy = y * sh + i
                         xx = xo * sw + j
                         value = x[n, c, yy, xx]
-                        if value > best or value != value:
+                        if value > best or math.isnan(value):
                             best = value
                             where = yy * width + xx
                 out[n, c, y, xo] = best
@@ -174,6 +176,33 @@ def max_pool_backward(grad, argmax, out):
             for xo in range(wo):
                 where = argmax[n, c, y, xo]
                 out[n, c, where // width, where % width] += grad[n, c, y, xo]
+
+
+@njit(**_OPTIONS)
+def max_pool_2x2_backward(grad, argmax, out):
+    """:func:`max_pool_backward` for 2x2 windows at stride 2 (they tile the input): one pass
+    that writes every element once -- the gradient at each window's chosen element, zero
+    at the other three and in an odd last row or column."""
+    batch, channels, height, width = out.shape
+    ho, wo = grad.shape[2], grad.shape[3]
+    zero = out.dtype.type(0)
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        for y in range(ho):
+            for i in range(2):
+                yy = 2 * y + i
+                for xo in range(wo):
+                    where = argmax[n, c, y, xo]
+                    g = grad[n, c, y, xo]
+                    for j in range(2):
+                        xx = 2 * xo + j
+                        out[n, c, yy, xx] = g if where == yy * width + xx else zero
+                for xx in range(2 * wo, width):
+                    out[n, c, yy, xx] = zero
+        for yy in range(2 * ho, height):
+            for xx in range(width):
+                out[n, c, yy, xx] = zero
 
 
 @njit(**_OPTIONS)

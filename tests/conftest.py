@@ -7,8 +7,8 @@ usable through CuPy, and is skipped, not dropped, without one.
 The CuPy stand-in (``tests/cupy_standin``): with ``--cupy-standin`` or
 ``TINYGRAD_SGD_CUPY_STANDIN=1`` the ``cuda`` cases run without a GPU on a strict stand-in
 ``cupy`` module (NumPy arrays behind CuPy's rules; see its docstring for what it covers
-and cannot catch). With ``NUMBA_ENABLE_CUDASIM=1`` too, the Numba-CUDA kernels run on
-its arrays in Numba's CUDA simulator. CI runs this pass: ``.ci/cupy_standin.sh``. Nothing
+and cannot catch); it turns on Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), where
+the Numba-CUDA kernels run on its arrays. CI runs this pass: ``.ci/cupy_standin.sh``. Nothing
 here imports tinygrad_sgd at module level: ``tinygrad_sgd.backend`` imports ``cupy`` once,
 so the stand-in must be on ``sys.path`` first (``pytest_configure``).
 """
@@ -39,9 +39,14 @@ def pytest_configure(config):
 
 def enable_cupy_standin() -> None:
     """Put the stand-in ``cupy`` first on ``sys.path`` (and on ``PYTHONPATH``, for the
-    subprocesses that tests start)."""
+    subprocesses that tests start), with Numba's CUDA simulator on: without a GPU the
+    fused kernels can only run there."""
     if "tinygrad_sgd.backend" in sys.modules or "cupy" in sys.modules:
         raise pytest.UsageError("the CuPy stand-in must be enabled before tinygrad_sgd or cupy is imported")
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        if "numba" in sys.modules:
+            raise pytest.UsageError("the CuPy stand-in needs NUMBA_ENABLE_CUDASIM=1 before numba is imported")
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     sys.path.insert(0, str(STANDIN_DIR))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(STANDIN_DIR), os.environ.get("PYTHONPATH")]))
     os.environ[STANDIN_ENV_VAR] = "1"

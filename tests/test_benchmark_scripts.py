@@ -114,6 +114,9 @@ def test_example_models_quick_mode_prints_every_ratio():
     result = subprocess.run([sys.executable, str(BENCHMARKS / "example_models.py"), "--quick"],
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
+    lines = result.stdout.splitlines()
+    steps = {line.split()[0]: line.split() for line in lines[2:6]}
+    epochs = {line.split()[0]: line.split() for line in lines[7:11]}
     for name in ("cnn", "lstm", "mf", "mf_sparse"):
-        assert name in rows and float(rows[name][-1].rstrip("x")) > 0
+        assert float(steps[name][3].rstrip("x")) > 0 and float(steps[name][-1].rstrip("x")) > 0
+        assert float(epochs[name][-1].rstrip("x")) > 0

@@ -89,7 +89,8 @@ def test_conv2d_kernels_gradcheck_and_second_derivatives(shape, out_channels, ke
 
 
 POOL_CASES = [  # (x shape, kernel, stride, padding)
-    ((2, 3, 8, 8), 2, None, 0),
+    ((2, 3, 8, 8), 2, None, 0),  # 2x2 tiles: the one-pass backward
+    ((2, 2, 7, 9), 2, 2, 0),     # ... with an odd last row and column that no window covers
     ((2, 2, 7, 9), 3, 2, 1),     # overlapping windows, padding
     ((1, 1, 5, 5), 3, 1, 1),     # every pixel in up to 9 windows
     ((2, 2, 6, 7), (2, 3), (1, 2), (1, 0)),
@@ -185,3 +186,32 @@ def test_conv2d_kernel_reads_non_contiguous_input(rng):
     got = F.conv2d(tg.Tensor.from_array(x), tg.Tensor.from_array(w), padding=1).data
     with_copy = F.conv2d(tg.Tensor.from_array(np.ascontiguousarray(x)), tg.Tensor.from_array(w), padding=1).data
     np.testing.assert_array_equal(got, with_copy)
+
+
+def test_conv_and_pool_ops_give_the_cpu_kernels_results_on_every_device(device, rng):
+    """On ``cuda`` the ops run their array code on CuPy; the CPU runs the kernels."""
+    from tinygrad_sgd import backend
+
+    x_np = rng.standard_normal((2, 3, 9, 8))
+    w_np, b_np = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    results = []
+    for where in ("cpu", device):
+        x, w, b = (tg.Tensor(a, dtype=tg.float64, requires_grad=True, device=where) for a in (x_np, w_np, b_np))
+        y = F.conv2d(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2)).relu()
+        out = F.max_pool2d(y, 2) + F.avg_pool2d(y, 3, 2, 1, count_include_pad=False)[..., :2, :1]
+        (out * out).sum().backward()
+        results.append([backend.to_numpy(t) for t in (out.data, x.grad.data, w.grad.data, b.grad.data)])
+    for got, expected in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_keep_freed_memory_sets_glibc_malloc_and_can_be_turned_off(monkeypatch):
+    import sys
+
+    monkeypatch.setenv("TINYGRAD_SGD_KEEP_FREED_MEMORY", "0")
+    assert cpu_kernels.keep_freed_memory() is False
+    monkeypatch.delenv("TINYGRAD_SGD_KEEP_FREED_MEMORY")
+    import platform
+
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert cpu_kernels.keep_freed_memory() is True

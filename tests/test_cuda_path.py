@@ -222,3 +222,19 @@ def test_compare_command_runs_on_both_devices(device, capsys):
     drift = float(out.split("largest per-step loss difference:")[1].split(";")[0])
     relative = float(out.split("relative difference")[1].split()[0])
     assert drift < 1e-4 and relative < 1e-4
+
+
+def test_host_data_goes_to_the_default_device(device, monkeypatch):
+    """As ``torch.tensor``: lists and NumPy arrays go to the default device; a Tensor or a
+    GPU array keeps its own (``TINYGRAD_SGD_DEVICE=cuda`` then needs no ``device=``)."""
+    monkeypatch.setattr(backend, "_default_device", None)
+    backend.set_default_device(device)
+    target = backend.parse_device(device)
+    for data in ([1.0, 2.0], np.array([1.0, 2.0]), 3.0):
+        assert tg.Tensor(data).device == target
+    on_cpu = tg.Tensor([1.0], device="cpu")
+    assert tg.Tensor(on_cpu).device == "cpu" and tg.tensor(on_cpu).device == "cpu"
+    on_device = tg.Tensor([1.0], device=device)
+    backend.set_default_device("cpu")
+    assert tg.Tensor(on_device).device == target and tg.Tensor(on_device.data).device == target
+    assert tg.Tensor(np.array([1.0])).device == "cpu"

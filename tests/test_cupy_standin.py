@@ -132,6 +132,7 @@ def test_simulator_view_shares_memory(cp):
     from numba import cuda
 
     x = cp.zeros(4, dtype=cp.float32)
+    assert "data" in x.__cuda_array_interface__  # what installs the simulator's as_cuda_array
     view = cuda.as_cuda_array(x, sync=False)
     view[1] = 3.0
     assert float(x[1]) == 3.0

@@ -176,32 +176,92 @@ def test_linear_matches_torch_or_names_the_shape(batch, fan_in, fan_out, given_i
 
 
 @SETTINGS
-@given(n=st.integers(0, 4), c=st.integers(1, 4), data=st.data(),
+@given(n=st.integers(1, 2), c_in=st.integers(1, 3), c_given=st.one_of(st.none(), st.integers(1, 3)),
+       size=st.integers(1, 6),
+       kernel=st.integers(1, 4), stride=st.integers(0, 3), padding=st.integers(-1, 2), seed=st.integers(0, 50))
+def test_conv2d_matches_torch_or_refuses_before_any_change(n, c_in, c_given, size, kernel, stride, padding, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in if c_given is None else c_given, size, size))
+    w = rng.standard_normal((2, c_in, kernel, kernel))
+    b = rng.standard_normal(2)
+    tx, tw = tg_tensor(x, requires_grad=True), tg_tensor(w, requires_grad=True)
+    before = snapshot(tx, tw)
+    try:
+        expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                                              stride=stride, padding=padding)
+    except (RuntimeError, ValueError):  # channels differ, kernel larger than the padded input, stride 0, ...
+        event("refused")
+        with pytest.raises(DOCUMENTED):
+            tg.nn.functional.conv2d(tx, tw, tg_tensor(b), stride=stride, padding=padding)
+        assert_unchanged(before, tx, tw)
+        return
+    got = tg.nn.functional.conv2d(tx, tw, tg_tensor(b), stride=stride, padding=padding)
+    assert_like_torch(got, expected, np.float64)
+
+
+@SETTINGS
+@given(n=st.integers(0, 4), c=st.integers(1, 4), data=st.data(), name=st.sampled_from(["cross_entropy", "nll_loss"]),
        smoothing=st.sampled_from([0.0, 0.1, 1.0, 1.5, -0.1, float("nan")]),
-       reduction=st.sampled_from(["mean", "sum", "none", "avg"]), special=st.booleans())
-def test_cross_entropy_matches_torch_or_refuses_before_any_change(n, c, data, smoothing, reduction, special):
+       reduction=st.sampled_from(["mean", "sum", "none", "avg"]),
+       special=st.sampled_from(["none", "anywhere", "ignored row"]))
+def test_class_losses_match_torch_or_refuse_before_any_change(n, c, data, name, smoothing, reduction, special):
+    """cross_entropy (with label smoothing) and nll_loss, targets in and out of range and
+    ignore_index rows, NaN/Inf inputs."""
     rng = np.random.default_rng(data.draw(st.integers(0, 1000)))
     logits = rng.standard_normal((n, c))
-    if special and n:
-        logits[rng.integers(n), rng.integers(c)] = rng.choice([np.nan, np.inf, -np.inf])
-    target = np.array(data.draw(st.lists(st.integers(-101, c + 1), min_size=n, max_size=n)), dtype=np.int64)
+    targets = st.one_of(st.integers(0, c - 1), st.just(-100), st.integers(-101, c + 1))  # valid, ignored, any
+    target = np.array(data.draw(st.lists(targets, min_size=n, max_size=n)), dtype=np.int64)
+    if special != "none" and n:  # a NaN/Inf somewhere, or in a row whose target is ignored
+        row = rng.integers(n)
+        if special == "ignored row":
+            target[row] = -100
+        logits[row, rng.integers(c)] = rng.choice([np.nan, np.inf, -np.inf])
     x = tg_tensor(logits, requires_grad=True)
     before = snapshot(x)
+    kwargs = {"reduction": reduction}
+    if name == "cross_entropy":
+        kwargs["label_smoothing"] = smoothing
     # The library checks every argument, even where torch skips a check (an empty batch).
-    bad_argument = not 0.0 <= smoothing <= 1.0 or reduction not in ("mean", "sum", "none")
+    bad_argument = (name == "cross_entropy" and not 0.0 <= smoothing <= 1.0) or reduction not in ("mean", "sum", "none")
     try:
         if bad_argument:
             raise ValueError("refused by the library's argument checks")
-        expected = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(target),
-                                                     reduction=reduction, label_smoothing=smoothing)
+        expected = getattr(torch.nn.functional, name)(torch.from_numpy(logits), torch.from_numpy(target), **kwargs)
     except (IndexError, RuntimeError, ValueError):  # a target out of range, a bad smoothing or reduction
         event("refused")
         with pytest.raises(DOCUMENTED):
-            tg.nn.functional.cross_entropy(x, tg.Tensor(target), reduction=reduction, label_smoothing=smoothing)
+            getattr(tg.nn.functional, name)(x, tg.Tensor(target), **kwargs)
         assert_unchanged(before, x)
         return
-    got = tg.nn.functional.cross_entropy(x, tg.Tensor(target), reduction=reduction, label_smoothing=smoothing)
+    got = getattr(tg.nn.functional, name)(x, tg.Tensor(target), **kwargs)
     assert_like_torch(got, expected, np.float64)
+
+
+PAIRED = ["mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "binary_cross_entropy_with_logits"]
+
+
+@SETTINGS
+@given(a=arrays(max_dims=2), b=arrays(max_dims=2), name=st.sampled_from(PAIRED),
+       reduction=st.sampled_from(["mean", "sum", "none"]))
+def test_elementwise_losses_match_torch_or_refuse_different_shapes(a, b, name, reduction):
+    """The library refuses input and target shapes that differ (torch broadcasts them with
+    a warning: almost always a bug); equal shapes give torch's loss, NaN and Inf included."""
+    b = b.astype(a.dtype)
+    x = tg_tensor(a, requires_grad=True)
+    before = snapshot(x)
+    if a.shape != b.shape:
+        event("refused")
+        with pytest.raises(ValueError, match="shape"):
+            getattr(tg.nn.functional, name)(x, tg_tensor(b), reduction=reduction)
+        assert_unchanged(before, x)
+        return
+    if name == "binary_cross_entropy_with_logits":
+        b = np.asarray(np.clip(np.nan_to_num(b, nan=0.5), 0, 1), dtype=a.dtype)  # a probability target
+    with np.errstate(all="ignore"):
+        got = getattr(tg.nn.functional, name)(x, tg_tensor(b), reduction=reduction)
+    expected = getattr(torch.nn.functional, name)(torch.from_numpy(a.copy()), torch.from_numpy(b.copy()),
+                                                  reduction=reduction)
+    assert_like_torch(got, expected, a.dtype)
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -256,6 +316,66 @@ def test_optimizer_steps_match_torch_or_refuse_before_any_change(name, lr, other
         assert_like_torch(p, tp, np.float64)
 
 
+MUTATIONS = ["none", "class", "lr", "group count", "param count", "state shape", "state huge", "state name",
+             "missing key", "state index"]
+
+
+@SETTINGS
+@given(name=st.sampled_from(["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]), mutation=st.sampled_from(MUTATIONS),
+       value=st.sampled_from([float("nan"), -1.0, 1e300, "x", None]))
+def test_optimizer_load_state_dict_loads_or_changes_nothing(name, mutation, value):
+    """A state dict from an identical optimizer, changed in one place, loads or raises
+    (ValueError, TypeError, KeyError) leaving the groups and the state as they were."""
+    def build():
+        a, b = tg_tensor(np.ones(3), requires_grad=True), tg_tensor(np.ones((2, 2)), requires_grad=True)
+        kw = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+        opt = getattr(tg.optim, name)([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1, **kw)
+        a.grad, b.grad = tg_tensor(np.full(3, 0.5)), tg_tensor(np.full((2, 2), 0.25))
+        opt.step()
+        return opt
+
+    saved = build().state_dict()
+    target = build()
+    target.param_groups[0]["lr"] = 0.01  # something a successful load would overwrite
+    target.step()
+    saved_first = next(iter(saved["state"][0]))
+    if mutation == "class":
+        saved["optimizer"] = "SGD" if name != "SGD" else "Adam"
+    elif mutation == "lr":
+        saved["param_groups"][1]["lr"] = value
+    elif mutation == "group count":
+        saved["param_groups"] = saved["param_groups"][:1]
+    elif mutation == "param count":
+        saved["param_groups"][0]["params"] = []
+    elif mutation == "state shape":
+        saved["state"][1][saved_first] = np.ones(5)
+    elif mutation == "state huge":
+        saved["state"][0] = {k: (np.full(3, 1e300) if isinstance(v, np.ndarray) else v)
+                             for k, v in saved["state"][0].items()}
+    elif mutation == "state name":
+        saved["state"][0]["bogus"] = np.ones(3)
+    elif mutation == "missing key":
+        del saved["param_groups"][0]["lr"]
+    elif mutation == "state index":
+        saved["state"][7] = saved["state"][0]
+    before = target.state_dict()
+    try:
+        target.load_state_dict(saved)
+        event(f"loaded ({mutation})")
+    except (ValueError, TypeError, KeyError):
+        event(f"refused ({mutation})")
+        after = target.state_dict()
+        assert after["param_groups"] == before["param_groups"]
+        assert after["state"].keys() == before["state"].keys()
+        for i, entries in before["state"].items():
+            for k, v in entries.items():
+                np.testing.assert_array_equal(after["state"][i][k], v)
+        return
+    assert mutation in ("none", "state name", "state huge") or (mutation == "lr" and value == 1e300)
+    if mutation == "state huge":  # float64 parameters: 1e300 fits, so it loads as it is
+        assert np.all(np.asarray(target.state_dict()["state"][0][saved_first]) != 0)
+
+
 # ----------------------------------------------------------------------------- the DataLoader
 
 
@@ -305,3 +425,32 @@ def test_dataloader_covers_each_sample_once_or_refuses_at_construction(n, batch_
     with pytest.raises(DOCUMENTED):
         other.load_state_dict(bad)
     assert other.state_dict() == position
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.sampled_from(
+        ["a0", "a1", "nan", "inf", "x", "__array__", "__dict__", "__tuple__", "__float__"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["__array__", "__dict__", "__tuple__", "__float__", "k"]), children, max_size=2),
+    max_leaves=12)
+
+
+@SETTINGS
+@given(structure=JSON)
+def test_any_checkpoint_structure_loads_or_raises_checkpoint_error(tmp_path_factory, structure):
+    """A hostile file's JSON structure either decodes (into plain data and the file's own
+    arrays) or raises CheckpointError: never KeyError, TypeError or RecursionError."""
+    import json
+
+    from tinygrad_sgd.train.checkpoint import _FORMAT_KEY, _STRUCTURE_KEY, FORMAT, CheckpointError, load_checkpoint
+
+    path = tmp_path_factory.mktemp("hostile") / "c.npz"
+    np.savez(path, **{_FORMAT_KEY: np.array(FORMAT), _STRUCTURE_KEY: np.array(json.dumps(structure)),
+                      "a0": np.arange(3)})
+    try:
+        load_checkpoint(path)
+        event("loaded")
+    except CheckpointError:
+        event("refused")

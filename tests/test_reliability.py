@@ -78,7 +78,8 @@ def test_a_step_that_makes_a_weight_infinite_raises_and_is_never_checkpointed(tm
 
     snap = Snapshot()
     path = tmp_path / "run.npz"
-    message = "the step was undone" if undo else "the parameters now hold NaN/Inf"
+    message = "the step was undone: the parameters, the optimizer state and the loader" if undo \
+        else "the parameters now hold NaN/Inf"
     with pytest.raises(NonFiniteError, match=r"update at epoch 0, step 2 made a parameter NaN or Inf.*" + message) \
             as error:
         fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=1, scheduler=sched, scheduler_interval="step",
@@ -89,6 +90,7 @@ def test_a_step_that_makes_a_weight_infinite_raises_and_is_never_checkpointed(tm
         assert all(np.isfinite(w).all() for w in weights.values())
         _assert_same(weights, snap.weights)
         _assert_same(_opt_state(opt), snap.state)
+        assert loader.state_dict()["sample_offset"] == 16  # step 2's batch comes again
     else:  # the message is true: the weights hold the overflow
         assert not all(np.isfinite(w).all() for w in weights.values())
     saved = load_checkpoint(path)  # never the non-finite values
@@ -96,7 +98,7 @@ def test_a_step_that_makes_a_weight_infinite_raises_and_is_never_checkpointed(tm
     _assert_same(saved["model"], snap.weights)
 
 
-def test_the_first_step_failing_leaves_no_optimizer_state_and_no_checkpoint(tmp_path):
+def test_the_first_step_failing_is_undone_and_training_can_go_on(tmp_path):
     model, opt, loader = _run("Adam", lr=1e39)
     before = _weights(model)
     path = tmp_path / "run.npz"
@@ -105,6 +107,9 @@ def test_the_first_step_failing_leaves_no_optimizer_state_and_no_checkpoint(tmp_
             progress=False, undo_nonfinite_step=True)
     _assert_same(_weights(model), before)
     assert opt.state == {} and not path.exists()
+    opt.param_groups[0]["lr"] = 1e-3  # go on in the same process, from the same point
+    history = fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=1, progress=False)
+    assert history.steps["batch_size"] == [16, 16, 16, 16] and loader.epoch == 1
 
 
 def test_step_guard_restores_into_the_same_arrays():
@@ -226,11 +231,15 @@ def test_a_refused_resume_changes_nothing(tmp_path, case):
     _assert_same(tg.rng.get_rng_state(), before[3])
 
 
-def test_a_malformed_loop_entry_is_refused_before_anything_is_loaded(tmp_path):
+@pytest.mark.parametrize("change", [
+    lambda loop: loop.pop("epoch_sums"), lambda loop: loop["epoch_sums"].update(loss="x"),
+    lambda loop: loop["epoch_sums"].pop("time"), lambda loop: loop.update(step=-1),
+    lambda loop: loop.update(lr_scale=float("nan")), lambda loop: loop.update(step=2.5)])
+def test_a_malformed_loop_entry_is_refused_before_anything_is_loaded(tmp_path, change):
     from tinygrad_sgd.train.checkpoint import save_checkpoint
     path = _checkpoint(tmp_path)
     saved = load_checkpoint(path)
-    del saved["loop"]["epoch_sums"]
+    change(saved["loop"])
     save_checkpoint(path, saved)
     model, opt, loader = _run(lr=0.1)
     before = _weights(model)
@@ -388,6 +397,23 @@ def test_cross_entropy_ignores_a_nan_row_whose_target_is_ignored(kw):
 
 
 @pytest.mark.skipif(torch is None, reason="needs torch")
+@pytest.mark.parametrize("kw", [{}, {"weight": [1.0, 2.0, 0.5]}, {"reduction": "none"}, {"reduction": "sum"}])
+def test_nll_loss_ignores_a_nan_row_whose_target_is_ignored(kw):
+    logp = np.array([[np.nan, -1.0, -2.0], [-0.5, -1.0, -1.5], [-np.inf, -0.1, -3.0]])
+    target = np.array([-100, 1, -100])
+    t_kw = {k: (torch.tensor(v, dtype=torch.float64) if k == "weight" else v) for k, v in kw.items()}
+    g_kw = {k: (tg.Tensor(np.array(v), dtype=np.float64) if k == "weight" else v) for k, v in kw.items()}
+    x_t = torch.tensor(logp, requires_grad=True)
+    expected = torch.nn.functional.nll_loss(x_t, torch.tensor(target), **t_kw)
+    x = tg.Tensor(logp, requires_grad=True, dtype=np.float64)
+    got = tg.nn.functional.nll_loss(x, tg.Tensor(target), **g_kw)
+    np.testing.assert_allclose(got.detach().numpy(), expected.detach().numpy(), rtol=1e-12)
+    got.sum().backward()
+    expected.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), x_t.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.skipif(torch is None, reason="needs torch")
 @pytest.mark.parametrize("shape,dim", [((0, 3), 0), ((0, 3), 1), ((3, 0), 1), ((3, 0), 0), ((2, 0, 4), 1)])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_softmax_of_an_empty_tensor_is_empty_as_in_torch(shape, dim, name):
@@ -415,3 +441,153 @@ def test_soak_benchmark_runs_both_modes_and_sees_no_leaked_graph(monkeypatch, ca
     counts = re.search(r"after warm-up: (\(\d+, \d+\)); at the end: (\(\d+, \d+\))", out)
     assert counts and counts.group(1) == counts.group(2)  # no Tensor or Function accumulates
     assert "History rows at the end: 100" in out
+
+
+def test_a_resume_refused_at_its_last_piece_puts_every_loaded_piece_back(tmp_path):
+    """The RNG state is loaded last: when it is refused, the model, optimizer, loader and
+    history loaded before it are put back."""
+    from tinygrad_sgd.train.checkpoint import save_checkpoint
+    path = _checkpoint(tmp_path)
+    saved = load_checkpoint(path)
+    saved["rng"] = {"bit_generator": "MT19937", "state": {"key": np.zeros(3, np.uint32), "pos": 0}}
+    save_checkpoint(path, saved)
+    tg.manual_seed(3)
+    model = tg.nn.Sequential(tg.nn.Linear(4, 8), tg.nn.ReLU(), tg.nn.Linear(8, 2))
+    opt = tg.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+    loader = tg.data.DataLoader(tg.data.TensorDataset(*_data()), batch_size=16, shuffle=True, seed=1)
+    before = (_weights(model), opt.state_dict(), loader.state_dict(), tg.rng.get_rng_state())
+    with pytest.raises(ValueError, match="PCG64"):
+        fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=2, resume_from=path, progress=False)
+    _assert_same(_weights(model), before[0])
+    assert opt.state_dict()["param_groups"] == before[1]["param_groups"] and opt.state == {}
+    assert loader.state_dict() == before[2]
+    _assert_same(tg.rng.get_rng_state(), before[3])
+
+
+def test_module_load_state_dict_into_a_read_only_array_changes_no_key():
+    layer = tg.nn.Linear(2, 2)
+    before = _weights(layer)
+    layer.bias.data.setflags(write=False)
+    with pytest.raises(ValueError, match="'bias' holds a read-only array"):
+        layer.load_state_dict({k: np.ones_like(v) for k, v in before.items()})
+    _assert_same(_weights(layer), before)  # the weight, checked first, was not written either
+
+
+def test_history_load_state_dict_checks_everything_first():
+    history = tg.train.History()
+    history.log_step(epoch=0, step=1, loss=0.5, lr=0.1, batch_size=4, grad_norm=1.0)
+    before = history.state_dict()
+    good = dict(before)
+    for bad in ({"steps": before["steps"], "epochs": [5]}, {"steps": dict(before["steps"], loss=[])},
+                {"epochs": []}, [1]):
+        with pytest.raises(ValueError, match="History.load_state_dict"):
+            history.load_state_dict(bad)
+        assert history.state_dict() == good
+
+
+# ----------------------------------------------------------------------------- on every device
+
+
+def _host(x):
+    from tinygrad_sgd import backend
+    return np.array(backend.to_numpy(x.detach().data if isinstance(x, tg.Tensor) else x))
+
+
+@pytest.mark.parametrize("undo", [False, True], ids=["check", "undo"])
+def test_the_step_guard_on_every_device(device, undo):
+    tg.manual_seed(0)
+    model = tg.nn.Sequential(tg.nn.Linear(4, 8), tg.nn.ReLU(), tg.nn.Linear(8, 2)).to(device)
+    opt = tg.optim.Adam(model.parameters(), lr=1e-3)
+    sched = tg.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 if t == 0 else 1e42)
+    loader = tg.data.DataLoader(tg.data.TensorDataset(*_data()), batch_size=16, shuffle=True, seed=0, device=device)
+    kept = {}
+
+    class Keep(Callback):
+        def on_step_end(self, state):
+            kept["w"] = [_host(p) for p in model.parameters()]
+            kept["state"] = {i: {k: _host(v) if not isinstance(v, (int, float)) else v for k, v in s.items()}
+                             for i, s in enumerate(opt.state.values())}
+
+    with pytest.raises(NonFiniteError, match="step 2 made a parameter NaN or Inf"):
+        fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=1, scheduler=sched, scheduler_interval="step",
+            callbacks=[Keep()], progress=False, undo_nonfinite_step=undo)
+    now = [_host(p) for p in model.parameters()]
+    if undo:
+        for a, b in zip(now, kept["w"]):
+            np.testing.assert_array_equal(a, b)
+        for i, s in enumerate(opt.state.values()):
+            for k, v in s.items():
+                np.testing.assert_array_equal(_host(v) if not isinstance(v, (int, float)) else v, kept["state"][i][k])
+        assert all(type(p.data) is type(v) for p in model.parameters() for v in opt.state[p].values()
+                   if not isinstance(v, (int, float)))
+    else:
+        assert not all(np.isfinite(a).all() for a in now)
+
+
+def test_module_load_state_dict_overflow_on_every_device(device):
+    layer = tg.nn.Linear(2, 2).to(device)
+    before = [_host(p) for p in layer.parameters()]
+    state = {k: v.astype(np.float64) for k, v in layer.state_dict().items()}
+    state["bias"][1] = -1e300
+    with pytest.raises(ValueError, match="'bias' holds 1 value"):
+        layer.load_state_dict(state)
+    for a, b in zip(before, layer.parameters()):
+        np.testing.assert_array_equal(a, _host(b))
+
+
+@pytest.mark.skipif(torch is None, reason="needs torch")
+def test_cross_entropy_with_an_ignored_nan_row_on_every_device(device):
+    logits = tg.Tensor(np.array([[np.nan, 1.0], [0.5, 1.0]], np.float32), device=device, requires_grad=True)
+    target = tg.Tensor(np.array([-100, 1]), device=device)
+    loss = tg.nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
+    expected = torch.nn.functional.cross_entropy(torch.tensor([[np.nan, 1.0], [0.5, 1.0]]), torch.tensor([-100, 1]),
+                                                 label_smoothing=0.1)
+    np.testing.assert_allclose(_host(loss), expected.numpy(), rtol=1e-6)
+    empty = tg.nn.functional.log_softmax(tg.Tensor(np.zeros((0, 3), np.float32), device=device), dim=0)
+    assert empty.shape == (0, 3) and empty.device == logits.device
+
+
+def test_loader_resume_with_another_batch_size_on_every_device(device):
+    x = np.arange(20, dtype=np.float32)[:, None]
+    a = tg.data.DataLoader(tg.data.TensorDataset(x, np.arange(20)), batch_size=3, shuffle=True, seed=2, device=device)
+    it = iter(a)
+    seen = [int(i) for _ in range(3) for i in _host(next(it)[1])]
+    b = tg.data.DataLoader(tg.data.TensorDataset(x, np.arange(20)), batch_size=7, shuffle=True, seed=2, device=device)
+    b.load_state_dict(a.state_dict())
+    rest = [int(i) for _, yb in b for i in _host(yb)]
+    assert sorted(seen + rest) == list(range(20)) and len(rest) == 11
+
+
+def test_a_scheduler_step_that_raises_changes_nothing():
+    p = tg.Tensor(np.ones(3), requires_grad=True)
+    opt = tg.optim.SGD([p], lr=0.1, momentum=0.9)
+
+    def factor(t):
+        if t == 2:
+            raise ZeroDivisionError("the user's function")
+        return 1.0 / (t + 1)
+
+    sched = tg.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched.step()
+    before = (sched.state_dict(), opt.param_groups[0]["lr"])
+    with pytest.raises(ZeroDivisionError):
+        sched.step()
+    assert sched.state_dict() == before[0] and opt.param_groups[0]["lr"] == before[1]
+
+    one_cycle = tg.optim.lr_scheduler.OneCycleLR(tg.optim.SGD([p], lr=0.1, momentum=0.9), max_lr=1.0, total_steps=2)
+    one_cycle.step(), one_cycle.step()
+    state = one_cycle.state_dict()
+    with pytest.raises(ValueError, match="total_steps is 2"):
+        one_cycle.step()
+    assert one_cycle.state_dict() == state
+
+
+def test_reduce_lr_on_plateau_names_a_bad_metric_and_changes_nothing():
+    opt = tg.optim.SGD([tg.Tensor(np.ones(3), requires_grad=True)], lr=0.1)
+    sched = tg.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+    sched.step(tg.Tensor(np.array(1.0)))
+    state = sched.state_dict()
+    for bad in ("abc", None, np.array([1.0, 2.0])):
+        with pytest.raises(TypeError, match="ReduceLROnPlateau.step: metrics must be a number"):
+            sched.step(bad)
+        assert sched.state_dict() == state

@@ -8,7 +8,8 @@
 """
 
 from . import tensor as _tensor_module  # first: the engine and the ops build on Tensor
-from . import autograd, backend, data, nn, optim, train
+from . import autograd, backend, data, distributed, nn, optim, train
+from . import federated  # after train: fedavg reports a History
 from .backend import gpu_available, set_default_device
 from .ops import concat, maximum, minimum, stack, where
 from .rng import get_rng_state, manual_seed, set_rng_state
@@ -25,5 +26,5 @@ __all__ = [
     "set_rng_state", "zeros", "ones", "full", "eye", "randn", "rand", "randint", "arange", "zeros_like",
     "ones_like", "full_like", "concat", "cat", "stack", "where", "maximum", "minimum", "float16", "float32",
     "float64", "int32", "int64", "uint8", "bool_", "autograd", "backend", "nn", "optim", "data", "train",
-    "gpu_available", "set_default_device",
+    "distributed", "federated", "gpu_available", "set_default_device",
 ]

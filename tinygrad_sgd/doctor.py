@@ -47,7 +47,7 @@ def module_status(name: str) -> str:
         return "not installed"
     try:
         module = importlib.import_module(name)
-    except Exception as error:  # noqa: BLE001 - a broken install: say what it raised
+    except Exception as error:  # a broken install: say what it raised
         return f"installed but fails to import: {type(error).__name__}: {str(error).splitlines()[0]}"
     version = getattr(module, "__version__", "?")
     if getattr(module, "STANDIN", False):
@@ -106,7 +106,7 @@ def gpus() -> list[str]:
         count = int(cupy.cuda.runtime.getDeviceCount())
         driver = _cuda_version(cupy.cuda.runtime.driverGetVersion())
         runtime = _cuda_version(cupy.cuda.runtime.runtimeGetVersion())
-    except Exception as error:  # noqa: BLE001 - no driver, no device: say which
+    except Exception as error:  # no driver, no device: say which
         return [f"none: CuPy cannot reach a GPU ({type(error).__name__}: {str(error).splitlines()[0]})"]
     lines = []
     for i in range(count):
@@ -205,7 +205,7 @@ def main(devices=None, out=print) -> int:
     for device in devices:
         try:
             summary = smoke_test(device)
-        except Exception as error:  # noqa: BLE001 - any failure is the report's answer, in one line
+        except Exception as error:  # any failure is the report's answer, in one line
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             out(f"smoke      {device}: FAILED: {reason}")
             failure = failure or f"{device}: {reason}"

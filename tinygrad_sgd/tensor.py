@@ -69,7 +69,9 @@ class Tensor:
     list, scalar, NumPy/CuPy array or Tensor), like ``torch.tensor``. Floating-point data
     becomes float32 unless ``dtype`` says otherwise (``dtype=tg.float64`` for gradient
     checks); integer and bool data keep their type (labels, indices, masks). Only
-    floating-point tensors can require gradients.
+    floating-point tensors can require gradients. Without ``device``, a Tensor or a CuPy
+    array keeps its device and host data (lists, scalars, NumPy arrays) goes to the
+    default device, as ``torch.tensor`` does.
     """
 
     __slots__ = ("_data", "_grad", "_requires_grad", "_ctx", "_device", "_retains_grad", "_version_counter",
@@ -81,10 +83,14 @@ class Tensor:
     __array_ufunc__ = None
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device=None):
+        if device is None:  # a Tensor or a GPU array keeps its device; host data takes the default
+            on = data._device if isinstance(data, Tensor) else (
+                backend.device_of(data) if backend.is_array(data) else "cpu")
+            target_device = on if on != "cpu" or isinstance(data, Tensor) else backend.default_device()
+        else:
+            target_device = backend.parse_device(device)
         if isinstance(data, Tensor):
             data = data.data
-        target_device = backend.parse_device(device) if device is not None else (
-            backend.device_of(data) if backend.is_array(data) else backend.default_device())
         xp = backend.get_array_module(target_device)
         array = backend.to_device(as_raw_array(data, "Tensor"), target_device)  # checked before any copy
         dtype = _check_dtype(np.dtype(dtype)) if dtype is not None else _default_dtype_for(array)

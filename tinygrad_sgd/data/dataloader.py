@@ -186,14 +186,14 @@ class DataLoader:
         self.sampler.set_epoch(epoch)
         size = self.batch_size_at(epoch)
         order = self.sampler.indices(epoch)
-        self._position = (epoch, start)
-        return self._batches(order, epoch, start, size)
-
-    def _batches(self, order, epoch, start, size):
-        dataset, device = self.dataset, self.device
         # Batches are cut from ``start`` on (0, or where a resumed run stopped), so batch
         # b of a fresh epoch is order[b*B:(b+1)*B] and a resume continues sample by sample.
         count = _batch_count(len(order) - start, size, self.drop_last, epoch)
+        self._position = (epoch, start)
+        return self._batches(order, epoch, start, size, count)
+
+    def _batches(self, order, epoch, start, size, count):
+        dataset, device = self.dataset, self.device
         for b in range(count):
             first = start + b * size
             batch = _to_tensors(gather(dataset, order[first:first + size]), device)  # may raise: position unchanged

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, distributed
 from ..tensor import Tensor
 from ._checks import check_int, epoch_generator, resolve_seed
 
@@ -184,13 +184,17 @@ class DistributedSampler(Sampler):
     ``DistributedSampler``; as there, ``seed`` defaults to 0 rather than a random draw
     because all replicas must agree on it, and ``set_epoch(e)`` must be called each epoch
     (the DataLoader does it) or every epoch repeats the same order.
+    ``num_replicas`` and ``rank`` default to the world size and rank of the process group
+    (``tg.distributed``; a world of one before it is initialised), as in PyTorch.
     """
 
     seed: int  # always set (drawn at construction when not given)
 
-    def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False):
+    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False):
         self.n = self.data_size = _length_of(dataset, "DistributedSampler")
+        num_replicas = distributed.get_world_size() if num_replicas is None else num_replicas
+        rank = distributed.get_rank() if rank is None else rank
         self.num_replicas = check_int(num_replicas, "num_replicas", minimum=1)
         self.rank = check_int(rank, "rank", minimum=0)
         if self.rank >= self.num_replicas:

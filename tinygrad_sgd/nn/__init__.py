@@ -8,7 +8,7 @@ state dict copied from a torch module gives the same outputs and gradients::
     loss = tg.nn.CrossEntropyLoss()(model(x), y)
 """
 
-from . import functional, init, utils
+from . import functional, init, parallel, utils
 from .conv import AvgPool2d, Conv2d, MaxPool2d
 from .layers import (GELU, Dropout, Embedding, Flatten, Identity, LeakyReLU, Linear, LogSoftmax, ReLU, Sigmoid,
                      SiLU, Softmax, Softplus, Tanh)
@@ -19,7 +19,7 @@ from .normalization import BatchNorm1d, BatchNorm2d
 from .recurrent import GRU, LSTM, RNN, RNNBase
 
 __all__ = [
-    "functional", "init", "utils", "Module", "Parameter", "Sequential", "ModuleList", "Identity", "Flatten",
+    "functional", "init", "parallel", "utils", "Module", "Parameter", "Sequential", "ModuleList", "Identity", "Flatten",
     "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "Embedding", "RNNBase",
     "RNN", "LSTM", "GRU", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "SiLU", "Softplus", "GELU", "Softmax",
     "LogSoftmax", "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss",

@@ -382,6 +382,9 @@ class Module:
                 raise RuntimeError(f"error loading state_dict into {type(self).__name__}: size mismatch for "
                                    f"'{key}': the checkpoint has shape {tuple(array.shape)}, the model has "
                                    f"shape {tuple(tensor.data.shape)}")
+            if not getattr(tensor.data.flags, "writeable", True):  # found now, not after other keys were copied
+                raise ValueError(f"load_state_dict: '{key}' holds a read-only array; give it a writeable one "
+                                 "(e.g. p.data = p.data.copy()) before loading into it")
             if tensor.data.dtype.kind in "iub" and array.dtype.kind == "f":
                 raise TypeError(f"load_state_dict: '{key}' holds {tensor.data.dtype} values; the checkpoint "
                                 f"has floating-point dtype {array.dtype}")

@@ -1,9 +1,12 @@
 """Recurrent layers (RNN, LSTM, GRU) with torch's parameters, gate order and return values.
 
-Each layer is unrolled over time with ordinary Tensor ops, so backpropagation through
-time, and second derivatives, come from the autograd engine with no extra code. Per time
-step ``t`` and layer ``k`` (``W_ih``, ``W_hh``, ``b_ih``, ``b_hh`` =
-``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``):
+Each layer and direction is one op over the whole sequence
+(``tinygrad_sgd.ops.recurrent.RecurrentLayer``: one input-projection product for every
+step, one ``h W_hh^T`` and one fused gate kernel per step, hand-written backpropagation
+through time). With ``FUSED = False`` the layers are instead unrolled over time with
+ordinary Tensor ops (``ops.recurrent.reference_layer``), the readable reference the tests
+hold the op equal to. Per time step ``t`` and layer ``k`` (``W_ih``, ``W_hh``, ``b_ih``,
+``b_hh`` = ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``):
 
 * RNN:  ``h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` (or relu);
 * LSTM: gates ``[i, f, g, o] = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh`` (torch's
@@ -15,10 +18,9 @@ step ``t`` and layer ``k`` (``W_ih``, ``W_hh``, ``b_ih``, ``b_hh`` =
 All weights start U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) as in torch, so a state
 dict copied from a torch module gives the same outputs and gradients.
 
-Cost note: when the *input* sequence requires grad (e.g. it comes from an Embedding),
-each step's slice of it sends back a gradient the size of the whole input, so that part
-of the backward grows with the square of the sequence length; fine for the short
-sequences of the teaching material.
+Cost note (reference only): when the *input* sequence requires grad (e.g. it comes from
+an Embedding), each step's slice of it sends back a gradient the size of the whole input,
+so that part of the backward grows with the square of the sequence length.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import math
 
 from .. import ops
-from ..ops import nn as nn_ops
+from ..ops.recurrent import RecurrentLayer, output_rows, reference_layer
 from ..tensor import Tensor, zeros
 from . import functional as F
 from . import init
@@ -34,6 +36,8 @@ from .layers import _count, _new_parameter
 from .module import Module
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+
+FUSED = True  # False: unroll every layer with Tensor ops (the reference; slow)
 
 
 class RNNBase(Module):
@@ -94,6 +98,10 @@ class RNNBase(Module):
             raise ValueError(f"{name}: expected input with last dimension {self.input_size} (input_size), "
                              f"got shape {input.shape}")
         F._same_dtype(input, self.weight_ih_l0, name)
+        time_axis = (1 if self.batch_first else 0) if input.ndim == 3 else 0
+        if input.shape[time_axis] == 0:
+            raise ValueError(f"{name}: the input sequence is empty (length 0 along axis {time_axis}, shape "
+                             f"{input.shape}); a recurrent layer needs at least one time step")
         if input.ndim == 2:  # unbatched (L, H_in): add the batch axis where the layout has it
             return input.unsqueeze(0 if self.batch_first else 1), True
         return input, False
@@ -109,44 +117,35 @@ class RNNBase(Module):
             raise ValueError(f"{name}: expected {what} of shape {expected}, got {state.shape}")
         if state.device != like.device:
             raise RuntimeError(f"{name}: {what} is on {state.device} but the input is on {like.device}")
+        if state.dtype != like.dtype:
+            raise TypeError(f"{name}: {what} has dtype {state.dtype} but the input has dtype {like.dtype}")
         return state.unsqueeze(1) if unbatched else state
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ the layers
     def _run(self, input: Tensor, states: list) -> tuple:
-        """Unroll every layer and direction. ``states`` holds the initial state tensors,
-        each (layers*directions, N, H); returns (output steps, final states per kind)."""
-        time_axis = 1 if self.batch_first else 0
-        steps = input.shape[time_axis]
-        if input.requires_grad:
-            inputs = [input[:, t] if self.batch_first else input[t] for t in range(steps)]
-        else:  # a plain data tensor: slice the raw array, no graph to build
-            inputs = [Tensor._make(input.data[:, t] if self.batch_first else input.data[t], input.device)
-                      for t in range(steps)]
-        finals: list[list[Tensor]] = [[] for _ in states]
+        """Run every layer and direction. ``states`` holds the initial state tensors, each
+        (layers*directions, N, H); returns (output, final states per kind)."""
+        steps = input.shape[1 if self.batch_first else 0]
+        layer_input = input  # batch-first only for the first layer: the op returns time-major rows
+        finals: list = [[] for _ in states]
         for layer in range(self.num_layers):
-            outputs_per_direction = []
+            outputs = []
             for direction in range(self._directions):
                 index = layer * self._directions + direction
-                state = [s[index] for s in states]
-                params = self._layer_params(layer, direction)
-                outputs: list = [None] * steps
-                for t in (range(steps - 1, -1, -1) if direction else range(steps)):
-                    state = self._cell(inputs[t], state, params)
-                    outputs[t] = state[0]
-                for final, value in zip(finals, state):
-                    final.append(value)
-                outputs_per_direction.append(outputs)
-            if self._directions == 1:
-                inputs = outputs_per_direction[0]
-            else:
-                inputs = [ops.concat(pair, axis=1) for pair in zip(*outputs_per_direction)]
+                params = [p for p in self._layer_params(layer, direction) if p is not None]
+                options = {"mode": self.mode, "reverse": bool(direction), "has_bias": self.bias,
+                           "batch_first": self.batch_first and layer == 0}
+                inputs = [layer_input, *(s[index] for s in states), *params]
+                packed = RecurrentLayer.apply(*inputs, **options) if FUSED else reference_layer(inputs, **options)
+                outputs.append(packed[output_rows(steps, bool(direction))])
+                finals[0].append(packed[0 if direction else steps])  # h_n: where the recursion ended
+                if self.mode == "LSTM":
+                    finals[1].append(packed[steps + 1])
+            layer_input = outputs[0] if self._directions == 1 else ops.concat(outputs, axis=2)
             if self.dropout and self.training and layer < self.num_layers - 1:
-                inputs = [F.dropout(x, self.dropout) for x in inputs]
-        output = ops.stack(inputs, axis=time_axis)
+                layer_input = F.dropout(layer_input, self.dropout)
+        output = layer_input.transpose(0, 1) if self.batch_first else layer_input
         return output, [ops.stack(final, axis=0) for final in finals]
-
-    def _cell(self, x: Tensor, state: list, params: tuple) -> list:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def _forward(self, input: Tensor, hx) -> tuple:
         input, unbatched = self._check_input(input)
@@ -184,11 +183,6 @@ class RNNBase(Module):
         return text
 
 
-def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x W^T + b`` through the fused linear op (inputs were checked once per call)."""
-    return nn_ops.Linear.apply(x, weight) if bias is None else nn_ops.Linear.apply(x, weight, bias)
-
-
 class RNN(RNNBase):
     """Elman RNN: ``h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
 
@@ -206,11 +200,6 @@ class RNN(RNNBase):
         self.nonlinearity = nonlinearity
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size, num_layers,
                          bias, batch_first, dropout, bidirectional, device, dtype)
-
-    def _cell(self, x, state, params):
-        w_ih, w_hh, b_ih, b_hh = params
-        pre = _affine(x, w_ih, b_ih) + _affine(state[0], w_hh, b_hh)
-        return [pre.tanh() if self.mode == "RNN_TANH" else pre.relu()]
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple:
         output, (h_n,) = self._forward(input, hx)
@@ -231,18 +220,6 @@ class LSTM(RNNBase):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device, dtype)
 
-    def _cell(self, x, state, params):
-        w_ih, w_hh, b_ih, b_hh = params
-        h, c = state
-        hidden = self.hidden_size
-        gates = _affine(x, w_ih, b_ih) + _affine(h, w_hh, b_hh)  # (N, 4H): i, f, g, o
-        i = gates[:, :hidden].sigmoid()
-        f = gates[:, hidden:2 * hidden].sigmoid()
-        g = gates[:, 2 * hidden:3 * hidden].tanh()
-        o = gates[:, 3 * hidden:].sigmoid()
-        c = f * c + i * g
-        return [o * c.tanh(), c]
-
     def forward(self, input: Tensor, hx: tuple | None = None) -> tuple:
         output, (h_n, c_n) = self._forward(input, hx)
         return output, (h_n, c_n)
@@ -259,17 +236,6 @@ class GRU(RNNBase):
                  dtype=None):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device, dtype)
-
-    def _cell(self, x, state, params):
-        w_ih, w_hh, b_ih, b_hh = params
-        h = state[0]
-        hidden = self.hidden_size
-        gi = _affine(x, w_ih, b_ih)
-        gh = _affine(h, w_hh, b_hh)
-        r = (gi[:, :hidden] + gh[:, :hidden]).sigmoid()
-        z = (gi[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden]).sigmoid()
-        n = (gi[:, 2 * hidden:] + r * gh[:, 2 * hidden:]).tanh()
-        return [n + z * (h - n)]  # = (1 - z) n + z h
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple:
         output, (h_n,) = self._forward(input, hx)

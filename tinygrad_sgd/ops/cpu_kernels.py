@@ -7,9 +7,14 @@ tests hold the kernels equal to, and the code that runs on CuPy arrays (GPU). An
 the fast path when :func:`available` says so: NumPy float32/float64 arrays, Numba
 importable, and the switch ``enabled`` on. Set ``tinygrad_sgd.ops.cpu_kernels.enabled =
 False`` to run every op on its reference code (the tests do, to compare).
+
+The first use also asks glibc's malloc to keep freed memory (:func:`keep_freed_memory`).
 """
 
 from __future__ import annotations
+
+import ctypes
+import os
 
 import numpy as np
 
@@ -29,11 +34,13 @@ def available(*arrays) -> bool:
     for a in arrays[1:]:
         if a is not None and (type(a) is not np.ndarray or a.dtype != first.dtype):
             return False
-    return _kernel_module("conv") is not None
+    return kernel_module("conv") is not None
 
 
-def _kernel_module(name: str):
+def kernel_module(name: str):
     """``tinygrad_sgd.kernels.<name>``, imported on first use (None without Numba)."""
+    if not _modules:
+        keep_freed_memory()
     if name not in _modules:
         try:
             import importlib
@@ -42,6 +49,31 @@ def _kernel_module(name: str):
         except ImportError:
             _modules[name] = None
     return _modules[name]
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse; True when it was set.
+
+    A training step allocates and frees the same large arrays every step (activations,
+    im2col columns, gradients: tens of MiB for the CIFAR-shaped CNN). By default glibc
+    serves large allocations with fresh pages from the OS and hands freed heap tops back,
+    so every step page-faults its arrays in anew, a sizeable part of a CNN step (figures
+    in docs/benchmarks.md). After this call, allocations up to 32 MiB come from
+    the heap, and up to 512 MiB of freed heap is kept. The cost: the process's resident
+    memory stays near its high-water mark. ``TINYGRAD_SGD_KEEP_FREED_MEMORY=0`` leaves
+    malloc alone; elsewhere than glibc this does nothing.
+    """
+    if os.environ.get("TINYGRAD_SGD_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc's; absent on macOS, Windows, musl
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 512 << 20))
 
 
 def _launch(size: int):
@@ -55,7 +87,7 @@ def _launch(size: int):
 
 def im2col(x, geometry, out_hw: tuple):
     """``cols`` of shape ``(C*kh*kw, N*Ho*Wo)`` (see ``kernels/conv.py`` for the layout)."""
-    k = _kernel_module("conv")
+    k = kernel_module("conv")
     n, c = x.shape[:2]
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
     top, _, left, _ = geometry.pads
@@ -71,7 +103,7 @@ def nchw_to_rows(grad):
     n, o = grad.shape[:2]
     rows = np.empty((o, grad.size // o), dtype=grad.dtype)
     with _launch(rows.size) as run:
-        run(_kernel_module("conv").nchw_to_rows)(np.ascontiguousarray(grad).reshape(n, o, -1), rows)
+        run(kernel_module("conv").nchw_to_rows)(np.ascontiguousarray(grad).reshape(n, o, -1), rows)
     return rows
 
 
@@ -85,27 +117,29 @@ def conv_forward(x, weight, bias, geometry):
     out = np.empty((n, out_channels, ho * wo), dtype=x.dtype)
     use_bias = bias is not None
     with _launch(out.size) as run:
-        run(_kernel_module("conv").rows_to_nchw)(rows, bias if use_bias else out[0, :, 0], use_bias, out)
+        run(kernel_module("conv").rows_to_nchw)(rows, bias if use_bias else out[0, :, 0], use_bias, out)
     return out.reshape(n, out_channels, ho, wo), cols
 
 
-def conv_weight_grad(x, grad_out, geometry, cols=None):
+def conv_weight_grad(x, grad_out, geometry, cols=None, grad_rows=None):
     """``dW = g (O, N*Ho*Wo) @ cols^T``, reshaped to the weight's shape."""
     out_channels, ho, wo = grad_out.shape[1:]
     if cols is None:
         cols = im2col(x, geometry, (ho, wo))
-    return (nchw_to_rows(grad_out) @ cols.T).reshape((out_channels, x.shape[1]) + tuple(geometry.kernel))
+    rows = nchw_to_rows(grad_out) if grad_rows is None else grad_rows
+    return (rows @ cols.T).reshape((out_channels, x.shape[1]) + tuple(geometry.kernel))
 
 
-def conv_input_grad(grad_out, weight, x_shape: tuple, geometry):
+def conv_input_grad(grad_out, weight, x_shape: tuple, geometry, grad_rows=None):
     """``col2im(W^T @ g)``: the transposed convolution."""
     out_channels, ho, wo = grad_out.shape[1:]
-    cols = weight.reshape(out_channels, -1).T @ nchw_to_rows(grad_out)
+    rows = nchw_to_rows(grad_out) if grad_rows is None else grad_rows
+    cols = weight.reshape(out_channels, -1).T @ rows
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
     top, _, left, _ = geometry.pads
     out = np.empty(x_shape, dtype=grad_out.dtype)
     with _launch(cols.size) as run:
-        run(_kernel_module("conv").col2im)(cols, kh, kw, sh, sw, top, left, dh, dw, ho, wo, out)
+        run(kernel_module("conv").col2im)(cols, kh, kw, sh, sw, top, left, dh, dw, ho, wo, out)
     return out
 
 
@@ -125,16 +159,18 @@ def max_pool(x, geometry):
     argmax = np.empty((n, c, ho, wo), dtype=np.int32 if x.shape[2] * x.shape[3] < 2 ** 31 else np.int64)
     with _launch(x.size) as run:
         if geometry.kernel == (2, 2) and not any(geometry.pads):
-            run(_kernel_module("conv").max_pool_2x2)(np.ascontiguousarray(x), *geometry.stride, out, argmax)
+            run(kernel_module("conv").max_pool_2x2)(np.ascontiguousarray(x), *geometry.stride, out, argmax)
         else:
-            run(_kernel_module("conv").max_pool)(np.ascontiguousarray(x), *_pool_args(geometry), out, argmax)
+            run(kernel_module("conv").max_pool)(np.ascontiguousarray(x), *_pool_args(geometry), out, argmax)
     return out, argmax
 
 
-def max_pool_backward(grad, argmax, x_shape: tuple):
+def max_pool_backward(grad, argmax, x_shape: tuple, geometry):
     out = np.empty(x_shape, dtype=grad.dtype)
+    tiles = geometry.kernel == (2, 2) and geometry.stride == (2, 2) and not any(geometry.pads)
     with _launch(out.size) as run:
-        run(_kernel_module("conv").max_pool_backward)(np.ascontiguousarray(grad), argmax, out)
+        kernel = kernel_module("conv").max_pool_2x2_backward if tiles else kernel_module("conv").max_pool_backward
+        run(kernel)(np.ascontiguousarray(grad), argmax, out)
     return out
 
 
@@ -143,7 +179,7 @@ def avg_pool(x, geometry, count_include_pad: bool):
     ho, wo = geometry.out_hw(*x.shape[2:])
     out = np.empty((n, c, ho, wo), dtype=x.dtype)
     with _launch(x.size) as run:
-        run(_kernel_module("conv").avg_pool)(np.ascontiguousarray(x), *_pool_args(geometry),
+        run(kernel_module("conv").avg_pool)(np.ascontiguousarray(x), *_pool_args(geometry),
                                              bool(count_include_pad), out)
     return out
 
@@ -151,6 +187,18 @@ def avg_pool(x, geometry, count_include_pad: bool):
 def avg_pool_backward(grad, x_shape: tuple, geometry, count_include_pad: bool):
     out = np.empty(x_shape, dtype=grad.dtype)
     with _launch(out.size) as run:
-        run(_kernel_module("conv").avg_pool_backward)(np.ascontiguousarray(grad), *_pool_args(geometry),
+        run(kernel_module("conv").avg_pool_backward)(np.ascontiguousarray(grad), *_pool_args(geometry),
                                                       bool(count_include_pad), out)
+    return out
+
+
+# ----------------------------------------------------------------------------- embedding
+
+
+def embedding_backward(rows, index, shape: tuple, padding_idx):
+    """The dense gradient of an embedding table: zeros of ``shape`` with ``rows`` added
+    at ``index`` (``padding_idx``'s rows skipped)."""
+    out = np.zeros(shape, dtype=rows.dtype)
+    kernel_module("scatter").scatter_add_rows(np.ascontiguousarray(rows), np.ascontiguousarray(index),
+                                              -1 if padding_idx is None else padding_idx, out)
     return out

@@ -159,12 +159,16 @@ class Conv2d(Function):
         x, weight = self.inputs[0], self.inputs[1]
         needs = self.needs_input_grad
         grad_x = grad_w = grad_b = None
+        rows = None  # fast path: the gradient in the GEMMs' layout, made once for all three
+        if self.cols is not None and not is_grad_enabled() and cpu_kernels.available(grad.data):
+            rows = cpu_kernels.nchw_to_rows(grad.data)
         if needs[0]:
-            grad_x = Conv2dInputGrad.apply(grad, weight, x_shape=x.data.shape, geometry=self.geometry)
+            grad_x = Conv2dInputGrad.apply(grad, weight, x_shape=x.data.shape, geometry=self.geometry,
+                                           grad_rows=rows)
         if needs[1]:
-            grad_w = Conv2dWeightGrad.apply(x, grad, geometry=self.geometry, cols=self.cols)
+            grad_w = Conv2dWeightGrad.apply(x, grad, geometry=self.geometry, cols=self.cols, grad_rows=rows)
         if len(needs) > 2 and needs[2]:
-            grad_b = grad.sum(axis=(0, 2, 3))
+            grad_b = constant(rows.sum(axis=1), grad) if rows is not None else grad.sum(axis=(0, 2, 3))
         return (grad_x, grad_w, grad_b)[:len(self.inputs)]
 
 
@@ -175,10 +179,11 @@ class Conv2dInputGrad(Function):
     and ``conv_weight_grad(h, g)`` for ``W``.
     """
 
-    def forward(self, grad_out, weight, *, x_shape, geometry):
+    def forward(self, grad_out, weight, *, x_shape, geometry, grad_rows=None):
+        """``grad_rows``: ``grad_out`` already in the GEMMs' layout (fast path), or None."""
         self.x_shape, self.geometry = x_shape, geometry
         if cpu_kernels.available(grad_out, weight):
-            return cpu_kernels.conv_input_grad(grad_out, weight, x_shape, geometry)
+            return cpu_kernels.conv_input_grad(grad_out, weight, x_shape, geometry, grad_rows)
         n, out_channels, ho, wo = grad_out.shape
         _, c, kh, kw = weight.shape
         cols = weight.reshape(out_channels, -1).T @ grad_out.reshape(n, out_channels, ho * wo)
@@ -200,11 +205,12 @@ class Conv2dWeightGrad(Function):
     ``conv^T(g, h)`` for ``x`` and ``conv(x, h)`` for ``g``.
     """
 
-    def forward(self, x, grad_out, *, geometry, cols=None):
-        """``cols``: the forward's im2col columns of ``x`` (fast path), or None."""
+    def forward(self, x, grad_out, *, geometry, cols=None, grad_rows=None):
+        """``cols``, ``grad_rows``: the forward's im2col columns of ``x`` and ``grad_out`` in
+        the GEMMs' layout (fast path), or None."""
         self.geometry = geometry
         if cpu_kernels.available(x, grad_out):
-            return cpu_kernels.conv_weight_grad(x, grad_out, geometry, cols)
+            return cpu_kernels.conv_weight_grad(x, grad_out, geometry, cols, grad_rows)
         n, c = x.shape[:2]
         out_channels, ho, wo = grad_out.shape[1:]
         kh, kw = geometry.kernel
@@ -266,7 +272,7 @@ class MaxPool2d(Function):
         if self.argmax is not None:  # fast path: argmax indexes each plane of the input
             x_shape = self.inputs[0].data.shape
             if not is_grad_enabled():
-                return (constant(cpu_kernels.max_pool_backward(grad.data, self.argmax, x_shape), grad),)
+                return (constant(cpu_kernels.max_pool_backward(grad.data, self.argmax, x_shape, self.geometry), grad),)
             planes = np.arange(x_shape[0] * x_shape[1]).reshape(x_shape[:2] + (1, 1)) * (x_shape[2] * x_shape[3])
             index = (planes + self.argmax).reshape(-1)  # create_graph: a differentiable scatter
             return (IndexAdd.apply(grad.reshape(-1), shape=(int(np.prod(x_shape)),), index=index).reshape(x_shape),)
@@ -392,6 +398,9 @@ class Embedding(Function):
             values = rows.data[keep] if keep is not None else rows.data.copy()
             indices = (flat[keep] if keep is not None else flat).astype(np.int64)
             return (SparseRowGrad(indices, values, weight.data.shape),)
+        if not is_grad_enabled() and cpu_kernels.available(rows.data):  # fast path: no np.add.at
+            return (constant(cpu_kernels.embedding_backward(rows.data, flat, weight.data.shape, self.padding_idx),
+                             grad),)
         if keep is not None:
             rows = rows * constant(keep[:, None].astype(rows.data.dtype), rows)
         return (IndexAdd.apply(rows, shape=weight.data.shape, index=flat),)
@@ -543,7 +552,8 @@ class NLLLoss(Function):
         valid = target != ignore_index
         safe = xp.where(valid, target, 0)[:, None]
         w_y = (xp.ones(logp.shape[1], dtype=logp.dtype) if weight is None else weight)[safe[:, 0]] * valid
-        loss = -w_y * xp.take_along_axis(logp, safe, axis=1)[:, 0]
+        # select, not multiply by the zero weight: an ignored row's NaN gives 0 (torch)
+        loss = -w_y * xp.where(valid, xp.take_along_axis(logp, safe, axis=1)[:, 0], 0)
         self.safe, self.w_y, self.reduction = safe, w_y, reduction
         self.denominator = float(w_y.sum()) if reduction == "mean" else 1.0
         if reduction == "none":

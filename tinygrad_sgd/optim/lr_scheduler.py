@@ -120,9 +120,18 @@ class LRScheduler:
         return list(self._last_lr)
 
     def step(self) -> None:
-        """Advance the schedule by one step (call it after ``optimizer.step()``)."""
-        self._step_count += 1
-        self._update_lr()
+        """Advance the schedule by one step (call it after ``optimizer.step()``).
+
+        When computing the new rates raises (a ``LambdaLR`` function's own error, a
+        ``OneCycleLR`` stepped past ``total_steps``), the counters are put back: the
+        scheduler and the groups' rates stay as they were."""
+        step_count, last_epoch = self._step_count, self.last_epoch
+        try:
+            self._step_count += 1
+            self._update_lr()
+        except BaseException:
+            self._step_count, self.last_epoch = step_count, last_epoch
+            raise
 
     def _update_lr(self, epoch: int | None = None) -> None:
         """Set the rates for the next step, or (``epoch`` given, SequentialLR's restart) for
@@ -798,7 +807,11 @@ class ReduceLROnPlateau(LRScheduler):
 
     def step(self, metrics) -> None:  # type: ignore[override]  # torch's signature: takes a metric
         """Record one evaluation of the monitored metric (a number or a one-element Tensor)."""
-        current = float(metrics)
+        try:
+            current = float(metrics.item() if hasattr(metrics, "item") else metrics)
+        except (TypeError, ValueError):
+            raise TypeError(f"ReduceLROnPlateau.step: metrics must be a number or a one-element tensor, got "
+                            f"{type(metrics).__name__} {str(metrics)[:40]}") from None
         self.last_epoch += 1
         if self._is_better(current, self.best):
             self.best = current

@@ -107,11 +107,18 @@ class History:
                 "epochs": [dict(record) for record in self.epochs]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Replace the records with ``state``'s; checked first, so nothing changes when it raises."""
+        if not isinstance(state, dict) or not isinstance(state.get("steps"), dict) or "epochs" not in state:
+            raise ValueError("History.load_state_dict: expects {'steps': {...}, 'epochs': [...]}")
         steps = state["steps"]
         if set(steps) != set(STEP_FIELDS):
             raise ValueError(f"History.load_state_dict: step fields {sorted(steps)} != {sorted(STEP_FIELDS)}")
-        self.steps = {name: list(steps[name]) for name in STEP_FIELDS}
-        self.epochs = [dict(record) for record in state["epochs"]]
+        new_steps = {name: list(steps[name]) for name in STEP_FIELDS}
+        if len({len(values) for values in new_steps.values()}) != 1:
+            raise ValueError("History.load_state_dict: the step fields have different lengths")
+        if not all(isinstance(record, dict) for record in state["epochs"]):
+            raise ValueError("History.load_state_dict: every epoch record must be a dict")
+        self.steps, self.epochs = new_steps, [dict(record) for record in state["epochs"]]
 
     def __repr__(self) -> str:
         return f"History({len(self)} steps, {len(self.epochs)} epochs)"

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from .. import backend, rng
+from .. import backend, distributed, rng
 from ..nn.utils import GradientNoiseScale, grad_scale_for_step
 from ..optim.lr_scheduler import ReduceLROnPlateau
 from ..tensor import no_grad
@@ -40,7 +40,8 @@ CLASSIFICATION_METRICS = {
     "recall": metric_fns.recall,
     "f1": metric_fns.f1_score,
 }
-REGRESSION_METRICS = {"mse": metric_fns.mean_squared_error, "mae": metric_fns.mean_absolute_error}
+REGRESSION_METRICS = {"mse": metric_fns.mean_squared_error, "mae": metric_fns.mean_absolute_error,
+                      "r2": metric_fns.r2_score}
 
 
 class NonFiniteError(FloatingPointError):
@@ -181,7 +182,8 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         scheduler_interval: str = "epoch", accumulation_steps: int = 1, clip_grad_norm: float | None = None,
         callbacks=(), progress: bool = True, metrics=("accuracy",), scale_lr_with_batch_size: bool = False,
         checkpoint_path=None, checkpoint_every: int | None = None, resume_from=None, log=print,
-        noise_scale: bool = False, undo_nonfinite_step: bool = False) -> History:
+        noise_scale: bool = False, undo_nonfinite_step: bool = False,
+        checkpoint_extra: dict | None = None) -> History:
     """Train ``model`` with mini-batch SGD; return the :class:`History`.
 
     ``epochs`` is where training ends, counted by the loader: it runs until
@@ -219,14 +221,23 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     ``checkpoint_path``: save a checkpoint there after every epoch, and every
     ``checkpoint_every`` optimizer steps. ``resume_from``: continue a run from such a
     checkpoint; the result is bit-for-bit the run that was never interrupted (on the CPU).
+    ``checkpoint_extra``: anything else each checkpoint should carry, under ``"extra"``
+    (``tinygrad-sgd train`` keeps there what ``predict`` needs to rebuild the model).
 
     A NaN or Inf loss or gradient raises :class:`NonFiniteError` naming the epoch and step,
     before the optimizer applies it. The parameters are checked after every step too (a
     finite gradient times a huge learning rate overflows): a step that made one NaN or Inf
     raises it before anything is logged or checkpointed, so a checkpoint never holds a
-    non-finite value. ``undo_nonfinite_step=True`` also restores the parameters and the
-    optimizer state from before that step (copies taken before every step; the cost is in
-    docs/benchmarks.md), so training can go on from them in the same process.
+    non-finite value. ``undo_nonfinite_step=True`` also restores the parameters, the
+    optimizer state and the loader's position from before that step (copies taken before
+    every step; the cost is in docs/benchmarks.md), so training can go on from there in
+    the same process (another ``fit`` call with a smaller learning rate).
+
+    **On several MPI ranks** (``mpiexec``; the model a ``tg.nn.parallel.DistributedDataParallel``,
+    the loader's sampler a ``DistributedSampler``) the run is data-parallel: the gradients
+    are summed over the ranks and the world size joins ``grad_scale``, the loss and metrics are
+    those of the global batch, and only rank 0 logs and writes checkpoints
+    (``tg.distributed.TrainingSync``; docs/distributed.md).
 
     ``resume_from`` is all or nothing: when any piece of the checkpoint does not fit
     (another model, optimizer, scheduler or dataset), it raises and nothing has changed.
@@ -249,8 +260,10 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
     for callback in callbacks:
         if not isinstance(callback, Callback):
             raise TypeError(f"callbacks must be tg.train.Callback instances, got {type(callback).__name__}")
+    # Several MPI ranks (a DistributedDataParallel model): reduced gradients and metrics, rank 0 writes.
+    sync = distributed.TrainingSync(model, optimizer, train_loader, noise_scale=noise_scale)
     if checkpoint_path is not None:
-        check_writable(checkpoint_path)  # now, not after the first epoch
+        sync.run_on_main(check_writable, checkpoint_path)  # now, not after the first epoch
     plateau = isinstance(scheduler, ReduceLROnPlateau)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     history = History()
@@ -267,11 +280,14 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         epoch_sums, lr_scale = dict(saved["loop"]["epoch_sums"]), saved["loop"]["lr_scale"]
 
     def checkpoint() -> None:
+        if not sync.is_main:
+            return
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "loader": train_loader.state_dict(), "rng": rng.get_rng_state(), "history": history.state_dict(),
             "loop": {"step": state.step, "epoch_sums": dict(epoch_sums), "lr_scale": lr_scale},
+            **({"extra": checkpoint_extra} if checkpoint_extra is not None else {}),
         })
 
     for callback in callbacks:
@@ -286,29 +302,34 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
             lr_scale *= factor
         started = time.perf_counter()
         in_group = 0  # micro-batches accumulated since the last optimizer step
-        batches = _progress_bar(train_loader, len(train_loader), f"epoch {epoch + 1}/{epochs}", progress)
+        # Where the loader stood before the group in progress: undo_nonfinite_step puts it back too.
+        before_group = train_loader.state_dict() if undo_nonfinite_step else None
+        batches = _progress_bar(train_loader, len(train_loader), f"epoch {epoch + 1}/{epochs}",
+                                progress and sync.is_main)
         for xb, yb in batches:
             output, loss = _predictions_and_loss(model, loss_fn, xb, yb)
-            loss_value = float(loss.item())
+            correct = int((output.data.argmax(axis=1) == yb.data).sum()) \
+                if output.ndim == 2 and yb.dtype.kind in "iu" else 0
+            # the global batch's loss, samples and correct count (this batch's in one process)
+            loss_value, n, correct = sync.global_batch(float(loss.item()), xb.shape[0], correct)
             if not math.isfinite(loss_value):
                 optimizer.zero_grad()
                 raise NonFiniteError(f"non-finite loss {loss_value} at epoch {epoch}, step {state.step + 1}; "
                                      "the parameters keep their last finite values", epoch=epoch,
                                      step=state.step + 1, history=history)
-            loss.backward()
+            sync.backward(loss, last=in_group + 1 == accumulation_steps or train_loader.epoch != epoch)
             in_group += 1
             if noise is not None:
                 noise.add(params)
-            n = xb.shape[0]
             epoch_sums["loss"] += loss_value * n
             epoch_sums["samples"] += n
-            if output.ndim == 2 and yb.dtype.kind in "iu":
-                epoch_sums["correct"] += int((output.data.argmax(axis=1) == yb.data).sum())
+            epoch_sums["correct"] += correct
             group_done = in_group == accumulation_steps or train_loader.epoch != epoch
             if not group_done:
                 continue
             # ---- one optimizer step on the average of the group's (clipped) gradients
-            grad_scale, grad_norm = grad_scale_for_step(params, accumulated=in_group, max_norm=clip_grad_norm,
+            grad_scale, grad_norm = grad_scale_for_step(params, accumulated=in_group, world_size=sync.grad_divisor,
+                                                        max_norm=clip_grad_norm,
                                                         fused=None if getattr(optimizer, "fused", False) else False)
             if noise is not None:
                 noise.end(n)
@@ -323,15 +344,19 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
             optimizer.zero_grad()
             if not guard.finite():
                 undone = guard.restore()
+                if undone:
+                    train_loader.load_state_dict(before_group)  # the group's batches come again
                 raise NonFiniteError(
                     f"the update at epoch {epoch}, step {state.step + 1} made a parameter NaN or Inf (loss "
                     f"{loss_value:.6g} and gradient norm {grad_norm:.6g} were finite: is the learning rate {lr:g} "
-                    "too large?); " + ("the step was undone: the parameters and optimizer state keep their last "
-                                       "finite values" if undone else
+                    "too large?); " + ("the step was undone: the parameters, the optimizer state and the "
+                                       "loader's position are as before it" if undone else
                                        "the parameters now hold NaN/Inf; nothing of this step was logged or "
                                        "checkpointed (resume from the last checkpoint, or pass "
                                        "undo_nonfinite_step=True to restore the values from before the step)"),
                     epoch=epoch, step=state.step + 1, history=history)
+            if undo_nonfinite_step:
+                before_group = train_loader.state_dict()
             state.step += 1
             history.log_step(epoch=epoch, step=state.step, loss=loss_value, lr=lr, batch_size=n * in_group,
                              grad_norm=grad_norm)
@@ -366,11 +391,11 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
         epoch_sums = {"loss": 0.0, "correct": 0, "samples": 0, "time": 0.0}
         for callback in callbacks:
             callback.on_epoch_end(state, record)
-        if log is not None and progress:
+        if log is not None and progress and sync.is_main:
             log(_epoch_line(record, epochs))
         if checkpoint_path is not None:
             checkpoint()
-    if state.stop and log is not None and progress:
+    if state.stop and log is not None and progress and sync.is_main:
         log(state.stop_reason)
     for callback in callbacks:
         callback.on_train_end(state)
@@ -379,7 +404,7 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
 
 def _epoch_line(record: dict, epochs: int) -> str:
     parts = [f"epoch {record['epoch'] + 1}/{epochs}", f"train_loss {record['train_loss']:.4f}"]
-    for key in ("train_accuracy", "val_loss", "val_accuracy", "val_mse"):
+    for key in ("train_accuracy", "val_loss", "val_accuracy", "val_mse", "val_r2"):
         if key in record:
             parts.append(f"{key} {record[key]:.4f}")
     parts.append(f"lr {record['lr']:.4g}")
@@ -406,8 +431,14 @@ def _restore(saved: dict, model, optimizer, scheduler, loader, history: History,
         raise ValueError("the checkpoint was written " + ("without" if saved["scheduler"] is None else "with")
                          + " a scheduler, but this run " + ("has one" if scheduler is not None else "has none"))
     loop = saved["loop"]
+    number = (int, float)
     if not isinstance(loop, dict) or not {"step", "epoch_sums", "lr_scale"} <= set(loop) \
-            or not isinstance(loop["epoch_sums"], dict):
+            or not isinstance(loop["epoch_sums"], dict) \
+            or set(loop["epoch_sums"]) != {"loss", "correct", "samples", "time"} \
+            or not all(isinstance(v, number) and not isinstance(v, bool) for v in loop["epoch_sums"].values()) \
+            or not isinstance(loop["step"], int) or isinstance(loop["step"], bool) or loop["step"] < 0 \
+            or not isinstance(loop["lr_scale"], number) or not math.isfinite(loop["lr_scale"]) \
+            or loop["lr_scale"] <= 0:
         raise ValueError("the checkpoint's 'loop' entry is malformed: not written by tg.train.fit")
     pieces = [(model, saved["model"]), (optimizer, saved["optimizer"])]
     if scheduler is not None:

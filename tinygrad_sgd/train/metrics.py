@@ -114,3 +114,13 @@ def mean_absolute_error(predictions, targets) -> float:
     """MAE = mean(|prediction - target|)."""
     predicted, actual = _regression_pair(predictions, targets)
     return float(np.mean(np.abs(predicted - actual)))
+
+
+def r2_score(predictions, targets) -> float:
+    """Coefficient of determination, R^2 = 1 - sum((y - y_hat)^2) / sum((y - mean(y))^2): the
+    share of the targets' variance the model explains (1 is perfect, 0 is as good as
+    predicting the mean, negative is worse). NaN when the targets are all equal. Pooled
+    over all outputs for multi-output targets."""
+    predicted, actual = _regression_pair(predictions, targets)
+    spread = float(np.sum((actual - actual.mean()) ** 2))
+    return 1.0 - float(np.sum((predicted - actual) ** 2)) / spread if spread > 0 else float("nan")

@@ -33,7 +33,8 @@ function: add it here, with CuPy's behaviour, when the library starts to use it.
 
 With ``NUMBA_ENABLE_CUDASIM=1`` it gives Numba's CUDA simulator ``cuda.as_cuda_array``
 (a simulated device array over the same memory) and the two stream functions it lacks
-(``_numba_simulator.py``), so the fused kernels run on its arrays.
+(``_numba_simulator.py``), so the fused kernels run on its arrays; it does so when the
+kernels' dispatcher first reads an array's ``__cuda_array_interface__``.
 
 It cannot catch: kernel launch configuration, real memory limits, asynchronous errors
 (every call runs synchronously on the CPU), CuPy's own numerical differences (its
@@ -48,10 +49,11 @@ import sys as _sys
 
 import numpy
 
-from . import cuda
+from . import _numba_simulator, cuda
 
 __version__ = "0.0.0+standin"
 STANDIN = True  # what a caller can check (doctor, test headers) to tell it from real CuPy
+_SIMULATOR = _os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
 class NotCovered(NotImplementedError):
@@ -183,6 +185,10 @@ class ndarray:
 
     @property
     def __cuda_array_interface__(self):
+        # The kernels' dispatcher reads this first: the moment to give Numba's simulator what it
+        # lacks (not at import, which would import numba.cuda where the real path does not).
+        if _SIMULATOR:
+            _numba_simulator.install()
         a = self._a
         return {"shape": a.shape, "typestr": a.dtype.str, "descr": a.dtype.descr, "version": 3,
                 "strides": None if a.flags.c_contiguous else a.strides, "stream": None,
@@ -532,8 +538,3 @@ def __getattr__(name):
 
 
 _this_module = _sys.modules[__name__]
-
-if _os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the Numba-CUDA kernels accept its arrays
-    from ._numba_simulator import install as _install
-
-    _install()

@@ -1,5 +1,6 @@
 """What Numba's CUDA simulator lacks for CuPy arrays, given to it while the CuPy stand-in
-is on (the stand-in calls :func:`install` on import when ``NUMBA_ENABLE_CUDASIM=1``).
+is on (the stand-in calls :func:`install` when ``NUMBA_ENABLE_CUDASIM=1`` and the kernels'
+dispatcher first reads an array's ``__cuda_array_interface__``).
 
 ``kernels/cuda.py`` launches CuPy arrays through ``cuda.as_cuda_array`` on CuPy's current
 stream (``cuda.external_stream``, or ``cuda.default_stream`` for the null stream); the
@@ -11,7 +12,12 @@ place is seen), and the streams are the simulator's synchronous stream.
 from __future__ import annotations
 
 
+_installed = []
+
+
 def install() -> None:
+    if _installed:
+        return
     from numba import cuda
     from numba.core import config
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
@@ -30,3 +36,4 @@ def install() -> None:
                      ("external_stream", lambda ptr: cuda.stream())]:
         if not hasattr(cuda, name):
             setattr(cuda, name, fn)
+    _installed.append(True)
