@@ -251,7 +251,7 @@ def test_cli_train_on_two_ranks_writes_one_run_folder(tmp_path):
 def test_cli_batch_that_does_not_divide_among_the_ranks_fails_on_every_rank(tmp_path):
     result = run_mpi([sys.executable, "-m", "tinygrad_sgd", "train", "--batch-size", "33"], cwd=tmp_path, timeout=120)
     assert result.returncode == 2
-    message = "tinygrad-sgd: error: --batch-size 33 (the global batch) does not divide among the 2 processes"
+    message = "tinygrad-sgd: error: argument --batch-size: 33 (the global batch) does not divide among the 2 processes"
     assert result.stderr.count(message) == 2
     assert not any(tmp_path.iterdir())
 
