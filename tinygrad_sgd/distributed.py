@@ -425,6 +425,8 @@ class TrainingSync:
       the history and the epoch metrics are the same on every rank and equal what one process
       on the global batch would record.
     * ``is_main``: rank 0, the only one that logs and writes checkpoints.
+    * ``sync_buffers()`` at the end of each epoch: rank 0's running statistics everywhere, so
+      the validation numbers (and what callbacks and schedulers do with them) agree.
 
     A plain model trains on each rank on its own (federated clients, local SGD between
     averagings), as in one process.
@@ -478,6 +480,14 @@ class TrainingSync:
                     loss.backward()
         finally:
             object.__setattr__(ddp, "average", average)
+
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm's running statistics) before an
+        evaluation: each forward in training mode updates them with the rank's own share of
+        the batch, so without this the ranks would evaluate, record and schedule differently."""
+        if self.ddp is not None:
+            for buffer in self.ddp.module.buffers():
+                broadcast(buffer, src=0)
 
     def run_on_main(self, fn, *args) -> None:
         """Run ``fn(*args)`` on rank 0 only (a check of the file rank 0 will write); an
