@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -45,6 +46,9 @@ from .tensor import Tensor
 logger = logging.getLogger(__name__)
 
 REDUCE_OPS = ("sum", "mean", "max", "min")
+# Before MPI_Abort: time for mpiexec to forward the message just printed (an abort tears the
+# job down at once, and output still in flight can be lost).
+_ABORT_GRACE_S = 0.25
 # Environment variables that MPI launchers set in every process they start (MPICH/Hydra and
 # Intel MPI, Open MPI, PMIx, MVAPICH2): their presence means "started by mpiexec".
 _LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
@@ -200,6 +204,7 @@ def abort(message: str, errorcode: int = 1) -> None:
     """
     print(f"tinygrad_sgd rank {_group.rank}: {message}", file=sys.stderr, flush=True)
     if _group.comm is not None:
+        time.sleep(_ABORT_GRACE_S)
         _group.comm.Abort(errorcode)
     sys.exit(errorcode)
 
@@ -210,6 +215,7 @@ def _abort_on_uncaught_exception(kind, value, tb) -> None:
     print(f"tinygrad_sgd rank {_group.rank}: uncaught exception, aborting all {_group.size} ranks\n{text}",
           file=sys.stderr, flush=True)
     if _group.comm is not None:
+        time.sleep(_ABORT_GRACE_S)
         _group.comm.Abort(1)
 
 
