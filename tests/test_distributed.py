@@ -354,4 +354,5 @@ def test_distributed_sampler_under_mpiexec_needs_the_group(tmp_path):
                       "tg.data.DistributedSampler(10)\n")
     result = run_mpi([sys.executable, str(script)], timeout=120)
     assert result.returncode != 0, result.stderr[-3000:]
-    assert result.stderr.count("call tg.distributed.init_process_group() first") == 2, result.stderr[-3000:]
+    # every rank raises; mpiexec may end the slower one before its traceback is out
+    assert "call tg.distributed.init_process_group() first" in result.stderr, result.stderr[-3000:]
