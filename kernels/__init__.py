@@ -26,7 +26,7 @@ embedding gradient).
 """
 
 from .dispatch import adagrad_update, adam_update, per_sample_grad_stats, rmsprop_update, sgd_update, sum_of_squares
-from .host import BatchGradStats
+from .host import CHUNK, BatchGradStats
 
-__all__ = ["sgd_update", "adam_update", "rmsprop_update", "adagrad_update", "sum_of_squares",
+__all__ = ["CHUNK", "sgd_update", "adam_update", "rmsprop_update", "adagrad_update", "sum_of_squares",
            "per_sample_grad_stats", "BatchGradStats"]

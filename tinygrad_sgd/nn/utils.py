@@ -194,7 +194,8 @@ def grad_sum_of_squares(parameters, *, fused: bool | None = None) -> float:
     """``sum |g|^2`` over every element of every parameter's gradient: the squared global L2
     norm, as a Python float (the gradients are only read).
 
-    ``fused`` (``None``: automatic) reads all dense gradients in one multi-tensor kernel
+    ``fused`` (``None``: automatic, the kernel for more than ``kernels.CHUNK`` elements;
+    ``True``: always) reads all dense gradients in one multi-tensor kernel
     pass (``kernels.sum_of_squares``, float64 accumulation on the CPU, a tree reduction on
     the GPU); ``False``, or gradients the kernel cannot read, use the NumPy reference
     (``kernels.reference.sum_of_squares``, float64). A ``SparseRowGrad`` counts with its
@@ -212,7 +213,9 @@ def grad_sum_of_squares(parameters, *, fused: bool | None = None) -> float:
             total += reference.sum_of_squares([grad.coalesce().values])
         else:
             dense.append(grad.data)
-    if fused is not False and _kernels_take(dense):
+    # Automatic: the kernel when there is more than one chunk to share between threads;
+    # below that, NumPy's dot costs less than a multi-tensor launch (docs/benchmarks.md).
+    if fused is not False and _kernels_take(dense) and (fused or sum(g.size for g in dense) > kernels.CHUNK):
         return total + kernels.sum_of_squares(dense)
     return total + reference.sum_of_squares(dense)
 
