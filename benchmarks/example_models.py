@@ -168,39 +168,44 @@ def make_data(name: str, s: dict, count: int, seed: int = 0):
     return users, items, rng.uniform(1, 5, count).astype(np.float32)
 
 
-def build(name: str, s: dict, *, dropout: float | None = None):
+def build(name: str, s: dict, *, dropout: float | None = None, device: str = "cpu"):
     """``(engine_step, torch_step)``: each takes one batch (a tuple of arrays) and runs a
     training step (zero_grad, forward, loss, backward, optimizer step), returning the loss
-    as a Python float. ``dropout`` overrides the LSTM's (0 makes the step deterministic)."""
+    as a Python float. ``dropout`` overrides the LSTM's (0 makes the step deterministic).
+    ``device`` is the engine's (its batches are copied there inside its step, as a loader
+    with ``device=`` would); torch stays on the CPU."""
     tg.manual_seed(0)
+
+    def tensor(array):
+        return tg.Tensor.from_array(array) if device == "cpu" else tg.Tensor(array, device=device)
     if name == "cnn":
-        ours = EngineCNN(s)
+        ours = EngineCNN(s).to(device)
         opt = tg.optim.Adam(ours.parameters(), lr=1e-3)
         loss_fn = tg.nn.CrossEntropyLoss()
 
         def engine_step(batch):
             x, y = batch
             opt.zero_grad()
-            loss = loss_fn(ours(tg.Tensor.from_array(x)), tg.Tensor.from_array(y))
+            loss = loss_fn(ours(tensor(x)), tensor(y))
             loss.backward()
             opt.step()
             return loss.item()
     elif name == "lstm":
         p = s["dropout"] if dropout is None else dropout
-        ours = EngineLSTM(s, p)
+        ours = EngineLSTM(s, p).to(device)
         opt = tg.optim.Adam(ours.parameters(), lr=1e-3)
         loss_fn = tg.nn.CrossEntropyLoss()
 
         def engine_step(batch):
             tokens, y = batch
             opt.zero_grad()
-            loss = loss_fn(ours(tg.Tensor.from_array(tokens)), tg.Tensor.from_array(y))
+            loss = loss_fn(ours(tensor(tokens)), tensor(y))
             loss.backward()
             opt.step()
             return loss.item()
     else:
         sparse = name == "mf_sparse"
-        ours = EngineMF(s, sparse)
+        ours = EngineMF(s, sparse).to(device)
         opt = (tg.optim.SparseAdam(ours.parameters(), lr=1e-2) if sparse
                else tg.optim.SGD(ours.parameters(), lr=0.05, weight_decay=1e-4))
         loss_fn = tg.nn.MSELoss()
@@ -208,8 +213,7 @@ def build(name: str, s: dict, *, dropout: float | None = None):
         def engine_step(batch):
             users, items, rating = batch
             opt.zero_grad()
-            loss = loss_fn(ours(tg.Tensor.from_array(users), tg.Tensor.from_array(items)),
-                           tg.Tensor.from_array(rating))
+            loss = loss_fn(ours(tensor(users), tensor(items)), tensor(rating))
             loss.backward()
             opt.step()
             return loss.item()
@@ -244,9 +248,9 @@ def _batches(data, batch: int):
     return [tuple(a[i:i + batch] for a in data) for i in range(0, n, batch)]
 
 
-def time_steps(name: str, s: dict, rounds: int, steps: int) -> dict:
+def time_steps(name: str, s: dict, rounds: int, steps: int, device: str = "cpu") -> dict:
     """Median (wall, CPU) seconds per step of each framework, timed in alternating rounds."""
-    engine_step, torch_step = build(name, s)
+    engine_step, torch_step = build(name, s, device=device)
     batches = _batches(make_data(name, s, s["batch"] * steps), s["batch"])
     runs = {"engine": engine_step} if torch_step is None else {"engine": engine_step, "torch": torch_step}
     for run in runs.values():  # warm-up: compile kernels, allocate state
@@ -264,11 +268,11 @@ def time_steps(name: str, s: dict, rounds: int, steps: int) -> dict:
     return {k: (statistics.median(wall), statistics.median(cpu)) for k, (wall, cpu) in times.items()}
 
 
-def time_epoch(name: str, s: dict, chunk: int = 25) -> tuple:
+def time_epoch(name: str, s: dict, chunk: int = 25, device: str = "cpu") -> tuple:
     """Seconds for one epoch of ``epoch_samples`` synthetic samples, per framework, and the
     sample count. Both frameworks run the whole epoch, interleaved ``chunk`` steps at a
     time (so a change of machine load hits both alike); each one's time is summed."""
-    engine_step, torch_step = build(name, s)
+    engine_step, torch_step = build(name, s, device=device)
     batches = _batches(make_data(name, s, s["epoch_samples"], seed=1), s["batch"])
     runs = {"engine": engine_step} if torch_step is None else {"engine": engine_step, "torch": torch_step}
     out = dict.fromkeys(runs, 0.0)
@@ -291,7 +295,13 @@ def main(argv=None) -> None:
     parser.add_argument("--epoch", action="store_true", help="also time one epoch of each (samples/s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: Numba's count)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 1 round of 2 steps (a smoke test)")
+    parser.add_argument("--device", default="cpu", help="the engine's device (cpu, cuda, cuda:1); torch stays on "
+                        "the CPU")
     args = parser.parse_args(argv)
+    try:
+        device = tg.backend.parse_device(args.device)
+    except (ValueError, RuntimeError) as error:
+        parser.error(f"argument --device: {error}")
     import numba
 
     shapes = QUICK if args.quick else FULL
@@ -301,11 +311,12 @@ def main(argv=None) -> None:
         torch.set_num_threads(threads)
     torch_note = f"torch {torch.__version__} ({threads} threads)" if torch else "torch not installed"
     print(f"# example_models  numpy {np.__version__}  numba {numba.__version__} ({numba.get_num_threads()} "
-          f"threads)  {torch_note}  {platform.machine()} {os.cpu_count()} cpus  {time.strftime('%Y-%m-%d %H:%M')}")
+          f"threads)  {torch_note}  {platform.machine()} {os.cpu_count()} cpus  {time.strftime('%Y-%m-%d %H:%M')}"
+          f"  engine on {device}")
     print(f"{'workload':<10}{'engine ms':>11}{'torch ms':>10}{'engine/torch':>14}"
           f"{'engine cpu ms':>15}{'torch cpu ms':>14}{'cpu ratio':>11}")
     for name in args.only:
-        median = time_steps(name, shapes[name], rounds, steps)
+        median = time_steps(name, shapes[name], rounds, steps, device)
         (wall, cpu) = median["engine"]
         line = f"{name:<10}{wall * 1e3:>11.2f}"
         if "torch" in median:
@@ -319,7 +330,7 @@ def main(argv=None) -> None:
         print(f"{'epoch':<10}{'samples':>9}{'engine s':>10}{'torch s':>9}{'engine/s':>10}{'torch/s':>9}"
               f"{'engine/torch':>14}")
         for name in args.only:
-            seconds, count = time_epoch(name, shapes[name])
+            seconds, count = time_epoch(name, shapes[name], device=device)
             line = f"{name:<10}{count:>9}{seconds['engine']:>10.2f}"
             if "torch" in seconds:
                 line += f"{seconds['torch']:>9.2f}{count / seconds['engine']:>10.0f}{count / seconds['torch']:>9.0f}"

@@ -120,3 +120,10 @@ def test_example_models_quick_mode_prints_every_ratio():
     for name in ("cnn", "lstm", "mf", "mf_sparse"):
         assert float(steps[name][3].rstrip("x")) > 0 and float(steps[name][-1].rstrip("x")) > 0
         assert float(epochs[name][-1].rstrip("x")) > 0
+
+
+def test_example_models_refuses_a_device_it_cannot_use():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "example_models.py"), "--quick", "--device", "tpu"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert "argument --device" in result.stderr and "tpu" in result.stderr
