@@ -233,9 +233,10 @@ def test_an_exception_on_one_rank_aborts_both_instead_of_hanging(tmp_path):
         "sampler = tg.data.DistributedSampler(10, num_replicas=2, rank=rank + 1)  # wrong on rank 1\n"
         "tg.distributed.all_reduce(np.zeros(3))  # rank 0 would wait here forever without the abort\n")
     result = run_mpi([sys.executable, str(script)], timeout=120)
-    assert result.returncode != 0
-    assert "rank=2 must be in [0, num_replicas=2)" in result.stderr
-    assert "aborting all 2 ranks" in result.stderr
+    output = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode != 0, output
+    assert "rank=2 must be in [0, num_replicas=2)" in result.stderr, output
+    assert "aborting all 2 ranks" in result.stderr, output
 
 
 def test_cli_train_on_two_ranks_writes_one_run_folder(tmp_path):
@@ -352,5 +353,6 @@ def test_distributed_sampler_under_mpiexec_needs_the_group(tmp_path):
     script.write_text("import tinygrad_sgd as tg\n"
                       "tg.data.DistributedSampler(10)\n")
     result = run_mpi([sys.executable, str(script)], timeout=120)
-    assert result.returncode != 0
-    assert result.stderr.count("call tg.distributed.init_process_group() first") == 2
+    assert result.returncode != 0, result.stderr[-3000:]
+    # every rank raises; mpiexec may end the slower one before its traceback is out
+    assert "call tg.distributed.init_process_group() first" in result.stderr, result.stderr[-3000:]

@@ -588,18 +588,25 @@ COMMANDS = {"train": command_train, "predict": command_predict, "compare": comma
             "bench": command_bench, "doctor": command_doctor}
 
 
+class _EveryRankUsageError(UsageError):
+    """A usage error that every rank finds alike (from the arguments and the world size)."""
+
+
 def _check_data_parallel(args) -> None:
     """Join the MPI process group; refuse, on every rank, what cannot be split across ranks."""
     import tinygrad_sgd as tg
 
     tg.distributed.init_process_group()
     world = tg.distributed.get_world_size()
+    problem = None
     if world > 1 and args.batch_size % world:
-        raise UsageError(f"argument --batch-size: {args.batch_size} (the global batch) does not divide among the "
-                         f"{world} processes; use a multiple of the process count")
-    if world > 1 and args.batch_size_schedule != "constant":
-        raise UsageError(f"argument --batch-size-schedule: {args.batch_size_schedule} runs in one process only; "
-                         f"this is one of {world}")
+        problem = (f"argument --batch-size: {args.batch_size} (the global batch) does not divide among the "
+                   f"{world} processes; use a multiple of the process count")
+    elif world > 1 and args.batch_size_schedule != "constant":
+        problem = (f"argument --batch-size-schedule: {args.batch_size_schedule} runs in one process only; "
+                   f"this is one of {world}")
+    if problem is not None:
+        raise _EveryRankUsageError(problem)
 
 
 def main(argv=None) -> int:
@@ -624,8 +631,21 @@ def main(argv=None) -> int:
 
 def _fail(error: Exception, status: int) -> int:
     message = " ".join(str(error).split())  # one line, whatever the message held
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    _let_other_ranks_report(error)
     return status
+
+
+def _let_other_ranks_report(error: Exception) -> None:
+    """Under mpiexec, the first rank to exit with an error ends the job. An error that every
+    rank finds (``_EveryRankUsageError``, e.g. a batch that does not divide among the ranks) waits
+    for the others at a barrier, so each has printed it; any other waits a moment."""
+    distributed = sys.modules.get("tinygrad_sgd.distributed")
+    if distributed is None or distributed.get_world_size() == 1:
+        return
+    if isinstance(error, _EveryRankUsageError):
+        distributed.barrier()
+    time.sleep(0.25)
 
 
 if __name__ == "__main__":

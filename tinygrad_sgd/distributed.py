@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -45,6 +46,9 @@ from .tensor import Tensor
 logger = logging.getLogger(__name__)
 
 REDUCE_OPS = ("sum", "mean", "max", "min")
+# Before MPI_Abort: time for mpiexec to forward the message just printed (an abort tears the
+# job down at once, and output still in flight can be lost).
+_ABORT_GRACE_S = 0.25
 # Environment variables that MPI launchers set in every process they start (MPICH/Hydra and
 # Intel MPI, Open MPI, PMIx, MVAPICH2): their presence means "started by mpiexec".
 _LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
@@ -200,6 +204,7 @@ def abort(message: str, errorcode: int = 1) -> None:
     """
     print(f"tinygrad_sgd rank {_group.rank}: {message}", file=sys.stderr, flush=True)
     if _group.comm is not None:
+        time.sleep(_ABORT_GRACE_S)
         _group.comm.Abort(errorcode)
     sys.exit(errorcode)
 
@@ -210,6 +215,7 @@ def _abort_on_uncaught_exception(kind, value, tb) -> None:
     print(f"tinygrad_sgd rank {_group.rank}: uncaught exception, aborting all {_group.size} ranks\n{text}",
           file=sys.stderr, flush=True)
     if _group.comm is not None:
+        time.sleep(_ABORT_GRACE_S)
         _group.comm.Abort(1)
 
 
@@ -425,6 +431,8 @@ class TrainingSync:
       the history and the epoch metrics are the same on every rank and equal what one process
       on the global batch would record.
     * ``is_main``: rank 0, the only one that logs and writes checkpoints.
+    * ``sync_buffers()`` at the end of each epoch: rank 0's running statistics everywhere, so
+      the validation numbers (and what callbacks and schedulers do with them) agree.
 
     A plain model trains on each rank on its own (federated clients, local SGD between
     averagings), as in one process.
@@ -478,6 +486,14 @@ class TrainingSync:
                     loss.backward()
         finally:
             object.__setattr__(ddp, "average", average)
+
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm's running statistics) before an
+        evaluation: each forward in training mode updates them with the rank's own share of
+        the batch, so without this the ranks would evaluate, record and schedule differently."""
+        if self.ddp is not None:
+            for buffer in self.ddp.module.buffers():
+                broadcast(buffer, src=0)
 
     def run_on_main(self, fn, *args) -> None:
         """Run ``fn(*args)`` on rank 0 only (a check of the file rank 0 will write); an

@@ -23,6 +23,7 @@ import numpy as np
 from . import backend, distributed, rng
 from .data.dataloader import DataLoader
 from .nn.module import Module
+from .nn.parallel import broadcast_state, check_replicas
 from .optim.sgd import SGD
 from .tensor import Tensor
 from .train.history import History
@@ -156,8 +157,9 @@ def fedavg(model: Module, loss_fn, client_datasets, *, rounds: int, local_epochs
     all-reduce the weighted sum instead, ``P`` numbers rather than ``m P``, and accept
     rounding that depends on the number of ranks.) Each client's randomness (its shuffles,
     dropout) comes from ``(seed, round, client)``, not from the rank that runs it; the
-    engine's random state is restored at the end. ``simulate=True`` runs every client in
-    this process even in a world of several ranks (the tests compare the two).
+    engine's random state is restored at the end. The ranks start from rank 0's model (a
+    broadcast). ``simulate=True`` runs every client in this process even in a world of
+    several ranks (the tests compare the two).
 
     ``metrics`` are those of :func:`tg.train.evaluate`; ``log`` (e.g. ``print``) gets one
     line per round, on rank 0.
@@ -166,6 +168,9 @@ def fedavg(model: Module, loss_fn, client_datasets, *, rounds: int, local_epochs
                                       clients_per_round, mu)
     distributed.check_on_all_ranks(problem)
     world, rank = (1, 0) if simulate else (distributed.get_world_size(), distributed.get_rank())
+    if world > 1:  # the server's model: rank 0's, on every rank (a model that differs fails everywhere)
+        check_replicas(model, "fedavg")
+        broadcast_state(model)
     sizes = np.array([len(d) for d in client_datasets], dtype=np.float64)
     m = len(client_datasets) if clients_per_round is None else int(clients_per_round)
     device = next(iter(model.parameters())).device

@@ -87,3 +87,21 @@ def test_fit_with_unequal_batch_counts_fails_on_every_rank():
     opt = tg.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"different numbers of batches \[6, 4\]"):
         tg.train.fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=1, progress=False)
+
+
+def test_batchnorm_running_statistics_agree_at_every_evaluation():
+    """BatchNorm's batch statistics stay per rank; its running statistics are rank 0's when
+    fit evaluates, so every rank records the same validation numbers (and schedules alike)."""
+    data = make_data()
+    tg.manual_seed(0)
+    model = DistributedDataParallel(tg.nn.Sequential(tg.nn.Linear(12, 16), tg.nn.BatchNorm1d(16), tg.nn.ReLU(),
+                                                     tg.nn.Linear(16, 4)))
+    loader = tg.data.DataLoader(data, batch_size=8, sampler=tg.data.DistributedSampler(data, seed=4))
+    val = tg.data.DataLoader(data, batch_size=32)
+    opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    history = tg.train.fit(model, tg.nn.CrossEntropyLoss(), opt, loader, epochs=2, val_loader=val, progress=False)
+    records = dist.all_gather_object([r["val_loss"] for r in history.epochs])
+    assert records[0] == records[1]
+    for key, value in model.state_dict().items():
+        gathered = dist.all_gather(value)
+        assert np.array_equal(gathered[0], gathered[1]), key

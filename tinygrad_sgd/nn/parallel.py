@@ -55,6 +55,35 @@ def broadcast_state(module: Module) -> None:
         distributed.broadcast(tensor, src=0)
 
 
+class _ReplicaWrapper(Module):
+    """What the two wrappers share: the wrapped module checked against rank 0's and given
+    its values at wrap time, and parameters, buffers and ``state_dict()`` that are the
+    module's own (no ``module.`` prefix, so a checkpoint loads into the bare model)."""
+
+    def __init__(self, module: Module, who: str):
+        super().__init__()
+        if not isinstance(module, Module):
+            raise TypeError(f"{who} wraps a tg.nn.Module, got {type(module).__name__}")
+        distributed._require_group(who)
+        self.module = module
+
+    def _adopt_rank_zero(self, who: str) -> None:
+        check_replicas(self.module, who)
+        broadcast_state(self.module)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def _state_items(self, prefix: str = ""):
+        return self.module._state_items(prefix)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        return self.module.named_parameters(prefix, recurse)
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True):
+        return self.module.named_buffers(prefix, recurse)
+
+
 class _Bucket:
     """Gradients that travel in one all-reduce: parameters of one device and dtype whose
     sizes add up to at most the bucket capacity (a larger parameter gets a bucket alone)."""
@@ -68,7 +97,7 @@ class _Bucket:
         self.filled: set = set()  # indices of the parameters whose gradient is in ``flat``
 
 
-class DistributedDataParallel(Module):
+class DistributedDataParallel(_ReplicaWrapper):
     """Wrap ``module`` so that ``backward()`` leaves the gradient averaged over all ranks.
 
     * **At wrap time** every rank checks that its module matches the others (names, shapes,
@@ -111,22 +140,17 @@ class DistributedDataParallel(Module):
 
     def __init__(self, module: Module, *, bucket_cap_mb: float | None = 25.0, average: bool = True,
                  broadcast_buffers: bool = True):
-        super().__init__()
-        if not isinstance(module, Module):
-            raise TypeError(f"DistributedDataParallel wraps a tg.nn.Module, got {type(module).__name__}")
         if bucket_cap_mb is not None and (isinstance(bucket_cap_mb, bool) or not bucket_cap_mb > 0):
             raise ValueError(f"DistributedDataParallel: bucket_cap_mb must be > 0 or None, got {bucket_cap_mb!r}")
         if not isinstance(average, (bool, np.bool_)):
             raise TypeError(f"DistributedDataParallel: average must be a bool, got {average!r}")
-        distributed._require_group("DistributedDataParallel")
-        self.module = module
+        super().__init__(module, "DistributedDataParallel")
         object.__setattr__(self, "bucket_cap_mb", bucket_cap_mb)
         object.__setattr__(self, "average", bool(average))
         object.__setattr__(self, "broadcast_buffers", bool(broadcast_buffers))
         object.__setattr__(self, "world_size", distributed.get_world_size())
         object.__setattr__(self, "_syncing", True)
-        check_replicas(module, "DistributedDataParallel")
-        broadcast_state(module)
+        self._adopt_rank_zero("DistributedDataParallel")
         named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
         object.__setattr__(self, "_names", {id(p): name for name, p in named})
         buckets = self._make_buckets([p for _, p in named])
@@ -241,21 +265,12 @@ class DistributedDataParallel(Module):
                 distributed.broadcast(buffer, src=0)
         return self.module(*args, **kwargs)
 
-    def _state_items(self, prefix: str = ""):
-        return self.module._state_items(prefix)
-
-    def named_parameters(self, prefix: str = "", recurse: bool = True):
-        return self.module.named_parameters(prefix, recurse)
-
-    def named_buffers(self, prefix: str = "", recurse: bool = True):
-        return self.module.named_buffers(prefix, recurse)
-
     def extra_repr(self) -> str:
         return (f"world_size={self.world_size}, bucket_cap_mb={self.bucket_cap_mb}, average={self.average}, "
                 f"buckets={len(self._buckets)}")
 
 
-class LocalSGD(Module):
+class LocalSGD(_ReplicaWrapper):
     r"""Local SGD: every rank steps on its own and the ranks average their *parameters*
     every ``period`` steps (Stich 2019, *Local SGD Converges Fast and Communicates Little*;
     Lin et al. 2020, *Don't Use Large Mini-Batches, Use Local SGD*)::
@@ -287,18 +302,13 @@ class LocalSGD(Module):
     """
 
     def __init__(self, module: Module, period: int):
-        super().__init__()
-        if not isinstance(module, Module):
-            raise TypeError(f"LocalSGD wraps a tg.nn.Module, got {type(module).__name__}")
         if isinstance(period, bool) or not isinstance(period, (int, np.integer)) or period < 1:
             raise ValueError(f"LocalSGD: period must be a positive int (steps between averagings), got {period!r}")
-        distributed._require_group("LocalSGD")
-        self.module = module
+        super().__init__(module, "LocalSGD")
         object.__setattr__(self, "period", int(period))
         object.__setattr__(self, "steps", 0)
         object.__setattr__(self, "communications", 0)
-        check_replicas(module, "LocalSGD")
-        broadcast_state(module)
+        self._adopt_rank_zero("LocalSGD")
 
     def step(self) -> bool:
         """Count one optimizer step; average the parameters when ``period`` steps are done.
@@ -327,18 +337,6 @@ class LocalSGD(Module):
                 t._mark_dirty()
                 offset += t.numel()
         object.__setattr__(self, "communications", self.communications + 1)
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-    def _state_items(self, prefix: str = ""):
-        return self.module._state_items(prefix)
-
-    def named_parameters(self, prefix: str = "", recurse: bool = True):
-        return self.module.named_parameters(prefix, recurse)
-
-    def named_buffers(self, prefix: str = "", recurse: bool = True):
-        return self.module.named_buffers(prefix, recurse)
 
     def extra_repr(self) -> str:
         return f"period={self.period}, world_size={distributed.get_world_size()}"

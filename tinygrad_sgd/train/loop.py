@@ -371,6 +371,7 @@ def fit(model, loss_fn, optimizer, train_loader, *, epochs: int, val_loader=None
                 checkpoint()
         # ---- end of epoch: evaluate, schedule, record
         elapsed = epoch_sums["time"] + time.perf_counter() - started
+        sync.sync_buffers()  # several ranks: rank 0's running statistics everywhere before evaluating
         record = {"epoch": epoch, "step": state.step, "train_loss": epoch_sums["loss"] / epoch_sums["samples"]}
         if "accuracy" in metrics and epoch_sums["correct"]:
             record["train_accuracy"] = epoch_sums["correct"] / epoch_sums["samples"]
