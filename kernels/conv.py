@@ -35,6 +35,14 @@ from numba import njit, prange
 _OPTIONS = {"parallel": True, "cache": True, "error_model": "numpy", "fastmath": False}
 
 
+@njit(inline="always", cache=True)
+def _window(index, stride, pad, kernel, size):
+    """The input rows (or columns) ``[start, stop)`` that output row (column) ``index`` of a
+    pooling pools over, the padding cut off."""
+    first = index * stride - pad
+    return max(first, 0), min(first + kernel, size)
+
+
 @njit(**_OPTIONS)
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
     """``cols[(c*kh + i)*kw + j, (n*ho + y)*wo + x] = x_pad[n, c, y*sh + i*dh, x*sw + j*dw]``."""
@@ -110,11 +118,9 @@ def max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
         n = plane // channels
         c = plane % channels
         for y in range(ho):
-            y0 = y * sh - ph
-            y_start, y_stop = max(y0, 0), min(y0 + kh, height)
+            y_start, y_stop = _window(y, sh, ph, kh, height)
             for xo in range(wo):
-                x0 = xo * sw - pw
-                x_start, x_stop = max(x0, 0), min(x0 + kw, width)
+                x_start, x_stop = _window(xo, sw, pw, kw, width)
                 best = -np.inf
                 where = y_start * width + x_start
                 for yy in range(y_start, y_stop):
@@ -207,11 +213,9 @@ def avg_pool(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
         n = plane // channels
         c = plane % channels
         for y in range(ho):
-            y0 = y * sh - ph
-            y_start, y_stop = max(y0, 0), min(y0 + kh, height)
+            y_start, y_stop = _window(y, sh, ph, kh, height)
             for xo in range(wo):
-                x0 = xo * sw - pw
-                x_start, x_stop = max(x0, 0), min(x0 + kw, width)
+                x_start, x_stop = _window(xo, sw, pw, kw, width)
                 total = out.dtype.type(0)
                 for yy in range(y_start, y_stop):
                     for xx in range(x_start, x_stop):
@@ -233,11 +237,9 @@ def avg_pool_backward(grad, kh, kw, sh, sw, ph, pw, count_include_pad, out):
             for xx in range(width):
                 out[n, c, yy, xx] = zero
         for y in range(ho):
-            y0 = y * sh - ph
-            y_start, y_stop = max(y0, 0), min(y0 + kh, height)
+            y_start, y_stop = _window(y, sh, ph, kh, height)
             for xo in range(wo):
-                x0 = xo * sw - pw
-                x_start, x_stop = max(x0, 0), min(x0 + kw, width)
+                x_start, x_stop = _window(xo, sw, pw, kw, width)
                 count = kh * kw if count_include_pad else (y_stop - y_start) * (x_stop - x_start)
                 share = grad[n, c, y, xo] / out.dtype.type(count)
                 for yy in range(y_start, y_stop):
