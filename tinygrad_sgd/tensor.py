@@ -83,12 +83,14 @@ class Tensor:
     __array_ufunc__ = None
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device=None):
-        if device is None:  # a Tensor or a GPU array keeps its device; host data takes the default
-            on = data._device if isinstance(data, Tensor) else (
-                backend.device_of(data) if backend.is_array(data) else "cpu")
-            target_device = on if on != "cpu" or isinstance(data, Tensor) else backend.default_device()
-        else:
+        if device is not None:
             target_device = backend.parse_device(device)
+        elif isinstance(data, Tensor):  # a Tensor keeps its device
+            target_device = data._device
+        elif backend.is_array(data) and backend.device_of(data) != "cpu":  # so does a GPU array
+            target_device = backend.device_of(data)
+        else:  # host data (lists, scalars, NumPy arrays) goes to the default device
+            target_device = backend.default_device()
         if isinstance(data, Tensor):
             data = data.data
         xp = backend.get_array_module(target_device)
