@@ -95,7 +95,7 @@ def adagrad(params: list, grads: list, state_sums: list, steps: list, *, lr: flo
     parameter they cannot take, ``fused=None`` gives it, e.g. a sparse gradient, to the
     reference)."""
     kw: dict = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize,
-              grad_scale=grad_scale)
+                    grad_scale=grad_scale)
     if fused is False:
         _single_tensor_adagrad(params, grads, state_sums, steps, **kw)
     else:

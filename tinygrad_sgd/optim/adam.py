@@ -109,7 +109,7 @@ def adam(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, max_exp_a
     first; the gradient arrays are only read.
     """
     kw: dict = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-              maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, grad_scale=grad_scale)
+                    maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, grad_scale=grad_scale)
     if fused is False:
         _single_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **kw)
     else:

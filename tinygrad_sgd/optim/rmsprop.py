@@ -98,7 +98,7 @@ def rmsprop(params: list, grads: list, square_avgs: list, grad_avgs: list, momen
     or the multi-tensor kernels (:func:`_fused_rmsprop`; ``fused=True`` raises on a
     parameter they cannot take, ``fused=None`` gives it to the reference)."""
     kw: dict = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
-              maximize=maximize, grad_scale=grad_scale)
+                    maximize=maximize, grad_scale=grad_scale)
     if fused is False:
         _single_tensor_rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers, **kw)
     else:

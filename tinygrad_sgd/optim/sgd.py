@@ -116,7 +116,7 @@ def sgd(params: list, grads: list, momentum_buffers: list, *, lr: float, momentu
     first; the gradient arrays are only read.
     """
     kw: dict = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-              maximize=maximize, grad_scale=grad_scale)
+                    maximize=maximize, grad_scale=grad_scale)
     if fused is False:
         _single_tensor_sgd(params, grads, momentum_buffers, **kw)
     else:
