@@ -8,19 +8,22 @@ Layout. The convolution is im2col + matrix products, with the columns laid out
 ``cols[(c, i, j), (n, y, x)]`` -- one row per input channel and kernel offset, one column
 per output pixel of the whole batch -- so that
 
-* forward is ``W (O, C*kh*kw) @ cols`` taken per sample (``np.matmul`` over the strided
-  ``(N, C*kh*kw, Ho*Wo)`` view), which writes NCHW directly;
+* forward is ONE GEMM ``W (O, C*kh*kw) @ cols -> (O, N*Ho*Wo)``, brought to NCHW with
+  the bias added by :func:`rows_to_nchw`;
 * the weight gradient is ONE GEMM ``g (O, N*Ho*Wo) @ cols^T`` (BLAS reads the transposed
   operand in place), with ``g`` brought to that layout by :func:`nchw_to_rows`;
 * the input gradient is ``W^T @ g[n]`` per sample, ``(N, C*kh*kw, Ho*Wo)``, followed by
   :func:`col2im`.
 
-Per-sample products measured faster than one product over the batch here for the forward
-pass and the input gradient, and slower for the weight gradient (docs/benchmarks.md).
+One product over the whole batch lets BLAS use every core; per-sample products (the
+forward's earlier form) measured as fast on one thread and slower on two. For the input
+gradient the two forms measured about the same (docs/benchmarks.md).
 
-Every kernel writes each output element from one thread (``prange`` over rows, planes or
-channels), so no two threads ever add into the same element: no atomics, and the sums
-are added in a fixed order (the results do not depend on the thread count).
+The kernels are serial loops, run on the calling thread. They sit between the matrix
+products, whose BLAS threads stay awake (spinning) for a while after each call; a Numba
+parallel region started next to them fights those threads for the cores and slowed the
+CNN's next matrix product about twofold on a 2-core machine (docs/benchmarks.md). The
+cores belong to BLAS here, and the sums are added in a fixed order.
 
 Padding is handled by bounds checks inside the loops: no padded copy of the input.
 """
@@ -30,9 +33,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-_OPTIONS = {"parallel": True, "cache": True, "error_model": "numpy", "fastmath": False}
+_OPTIONS = {"parallel": False, "cache": True, "error_model": "numpy", "fastmath": False}
 
 
 @njit(inline="always", cache=True)
@@ -48,7 +51,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
     """``cols[(c*kh + i)*kw + j, (n*ho + y)*wo + x] = x_pad[n, c, y*sh + i*dh, x*sw + j*dw]``."""
     batch, channels, height, width = x.shape
     zero = x.dtype.type(0)
-    for row in prange(channels * kh * kw):
+    for row in range(channels * kh * kw):
         c = row // (kh * kw)
         i = (row // kw) % kh
         j = row % kw
@@ -70,10 +73,10 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):
     """The adjoint of :func:`im2col`, from per-sample columns ``cols[n, (c*kh + i)*kw + j,
     y*wo + x]``: ``out[n, c, y*sh + i*dh - ph, x*sw + j*dw - pw] += cols[...]``.
 
-    One thread per ``(n, c)`` plane, so each output element has one writer."""
+    One ``(n, c)`` plane at a time, so each output element is summed in a fixed order."""
     batch, channels, height, width = out.shape
     zero = out.dtype.type(0)
-    for plane in prange(batch * channels):
+    for plane in range(batch * channels):
         n = plane // channels
         c = plane % channels
         for yy in range(height):
@@ -97,10 +100,22 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):
 def nchw_to_rows(grad, rows):
     """``rows[o, n*P + p] = grad[n, o, p]``: the upstream gradient in the GEMM's layout."""
     batch, channels, pixels = grad.shape
-    for o in prange(channels):
+    for o in range(channels):
         for n in range(batch):
             for p in range(pixels):
                 rows[o, n * pixels + p] = grad[n, o, p]
+
+
+@njit(**_OPTIONS)
+def rows_to_nchw(rows, bias, out):
+    """``out[n, o, p] = rows[o, n*P + p] + bias[o]``: the forward GEMM's result in NCHW,
+    with the bias added on the way (the inverse of :func:`nchw_to_rows`)."""
+    batch, channels, pixels = out.shape
+    for n in range(batch):
+        for o in range(channels):
+            b = bias[o]
+            for p in range(pixels):
+                out[n, o, p] = rows[o, n * pixels + p] + b
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -114,7 +129,7 @@ def max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
     padding is never chosen."""
     batch, channels, height, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    for plane in prange(batch * channels):
+    for plane in range(batch * channels):
         n = plane // channels
         c = plane % channels
         for y in range(ho):
@@ -139,7 +154,7 @@ def max_pool_2x2(x, sh, sw, out, argmax):
     compiler unrolls it (a window loop of unknown length costs 3x as much)."""
     batch, channels, _, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    for plane in prange(batch * channels):
+    for plane in range(batch * channels):
         n = plane // channels
         c = plane % channels
         for y in range(ho):
@@ -160,11 +175,11 @@ def max_pool_2x2(x, sh, sw, out, argmax):
 
 @njit(**_OPTIONS)
 def max_pool_backward(grad, argmax, out):
-    """``out[n, c].flat[argmax[n, c, y, x]] += grad[n, c, y, x]``, one thread per plane."""
+    """``out[n, c].flat[argmax[n, c, y, x]] += grad[n, c, y, x]``, plane by plane."""
     batch, channels, height, width = out.shape
     ho, wo = grad.shape[2], grad.shape[3]
     zero = out.dtype.type(0)
-    for plane in prange(batch * channels):
+    for plane in range(batch * channels):
         n = plane // channels
         c = plane % channels
         for yy in range(height):
@@ -184,7 +199,7 @@ def max_pool_2x2_backward(grad, argmax, out):
     batch, channels, height, width = out.shape
     ho, wo = grad.shape[2], grad.shape[3]
     zero = out.dtype.type(0)
-    for plane in prange(batch * channels):
+    for plane in range(batch * channels):
         n = plane // channels
         c = plane % channels
         for y in range(ho):
@@ -209,7 +224,7 @@ def avg_pool(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
     False the number of the window's elements inside the input."""
     batch, channels, height, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    for plane in prange(batch * channels):
+    for plane in range(batch * channels):
         n = plane // channels
         c = plane % channels
         for y in range(ho):
@@ -230,7 +245,7 @@ def avg_pool_backward(grad, kh, kw, sh, sw, ph, pw, count_include_pad, out):
     batch, channels, height, width = out.shape
     ho, wo = grad.shape[2], grad.shape[3]
     zero = out.dtype.type(0)
-    for plane in prange(batch * channels):
+    for plane in range(batch * channels):
         n = plane // channels
         c = plane % channels
         for yy in range(height):

@@ -74,6 +74,25 @@ def test_conv2d_kernels_equal_the_reference_and_torch(shape, out_channels, kerne
     _assert_close(fused, [out_t.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()], TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_conv2d_kernel_without_bias_equals_the_reference(dtype, rng, reference_mode):
+    # The forward kernel adds the bias while it reorders the product to NCHW; without a
+    # bias it must add nothing (and the batch of 1 and stride 2 keep the reorder honest).
+    for shape, stride in (((3, 2, 7, 6), 1), ((1, 3, 9, 9), 2)):
+        x = rng.standard_normal(shape).astype(dtype)
+        w = rng.standard_normal((4, shape[1], 3, 3)).astype(dtype)
+
+        def fn(x, w, stride=stride):
+            return F.conv2d(x, w, None, stride=stride, padding=1)
+
+        out_shape = fn(tg.Tensor(x), tg.Tensor(w)).shape
+        upstream = rng.standard_normal(out_shape).astype(dtype)
+        fused = _run(fn, [x, w], upstream, dtype)
+        with reference_mode():
+            reference = _run(fn, [x, w], upstream, dtype)
+        _assert_close(fused, reference, TOL[dtype])
+
+
 @pytest.mark.parametrize("shape,out_channels,kernel,stride,padding,dilation", CASES[:5])
 def test_conv2d_kernels_gradcheck_and_second_derivatives(shape, out_channels, kernel, stride, padding, dilation,
                                                          rng):

@@ -76,12 +76,6 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 512 << 20))
 
 
-def _launch(size: int):
-    from tinygrad_sgd.kernels.cpu import launch
-
-    return launch(size)
-
-
 # ----------------------------------------------------------------------------- convolution
 
 
@@ -93,8 +87,7 @@ def im2col(x, geometry, out_hw: tuple):
     top, _, left, _ = geometry.pads
     ho, wo = out_hw
     cols = np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)
-    with _launch(cols.size) as run:
-        run(k.im2col)(np.ascontiguousarray(x), kh, kw, sh, sw, top, left, dh, dw, ho, wo, cols)
+    k.im2col(np.ascontiguousarray(x), kh, kw, sh, sw, top, left, dh, dw, ho, wo, cols)
     return cols
 
 
@@ -102,21 +95,23 @@ def nchw_to_rows(grad):
     """``(N, O, Ho, Wo) -> (O, N*Ho*Wo)``: the upstream gradient in the GEMMs' layout."""
     n, o = grad.shape[:2]
     rows = np.empty((o, grad.size // o), dtype=grad.dtype)
-    with _launch(rows.size) as run:
-        run(kernel_module("conv").nchw_to_rows)(np.ascontiguousarray(grad).reshape(n, o, -1), rows)
+    kernel_module("conv").nchw_to_rows(np.ascontiguousarray(grad).reshape(n, o, -1), rows)
     return rows
 
 
 def conv_forward(x, weight, bias, geometry):
-    """``(output, cols)``: the convolution, and the columns its weight gradient reuses."""
+    """``(output, cols)``: the convolution, and the columns its weight gradient reuses.
+
+    ONE matrix product over the whole batch, ``W (O, C*kh*kw) @ cols -> (O, N*Ho*Wo)``,
+    which BLAS spreads over every core, then one pass to NCHW that adds the bias."""
     n = x.shape[0]
     out_channels = weight.shape[0]
     ho, wo = geometry.out_hw(*x.shape[2:])
     cols = im2col(x, geometry, (ho, wo))
-    per_sample = cols.reshape(cols.shape[0], n, ho * wo).transpose(1, 0, 2)  # a view: (N, C*kh*kw, Ho*Wo)
-    out = np.matmul(weight.reshape(out_channels, -1), per_sample)  # (N, O, Ho*Wo): NCHW already
-    if bias is not None:
-        out += bias.reshape(1, -1, 1)
+    rows = weight.reshape(out_channels, -1) @ cols
+    out = np.empty((n, out_channels, ho * wo), dtype=x.dtype)
+    bias = np.zeros(out_channels, dtype=x.dtype) if bias is None else bias
+    kernel_module("conv").rows_to_nchw(rows, bias, out)
     return out.reshape(n, out_channels, ho, wo), cols
 
 
@@ -136,8 +131,7 @@ def conv_input_grad(grad_out, weight, x_shape: tuple, geometry):
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
     top, _, left, _ = geometry.pads
     out = np.empty(x_shape, dtype=grad_out.dtype)
-    with _launch(cols.size) as run:
-        run(kernel_module("conv").col2im)(cols, kh, kw, sh, sw, top, left, dh, dw, ho, wo, out)
+    kernel_module("conv").col2im(cols, kh, kw, sh, sw, top, left, dh, dw, ho, wo, out)
     return out
 
 
@@ -155,20 +149,18 @@ def max_pool(x, geometry):
     ho, wo = geometry.out_hw(*x.shape[2:])
     out = np.empty((n, c, ho, wo), dtype=x.dtype)
     argmax = np.empty((n, c, ho, wo), dtype=np.int32 if x.shape[2] * x.shape[3] < 2 ** 31 else np.int64)
-    with _launch(x.size) as run:
-        if geometry.kernel == (2, 2) and not any(geometry.pads):
-            run(kernel_module("conv").max_pool_2x2)(np.ascontiguousarray(x), *geometry.stride, out, argmax)
-        else:
-            run(kernel_module("conv").max_pool)(np.ascontiguousarray(x), *_pool_args(geometry), out, argmax)
+    if geometry.kernel == (2, 2) and not any(geometry.pads):
+        kernel_module("conv").max_pool_2x2(np.ascontiguousarray(x), *geometry.stride, out, argmax)
+    else:
+        kernel_module("conv").max_pool(np.ascontiguousarray(x), *_pool_args(geometry), out, argmax)
     return out, argmax
 
 
 def max_pool_backward(grad, argmax, x_shape: tuple, geometry):
     out = np.empty(x_shape, dtype=grad.dtype)
     tiles = geometry.kernel == (2, 2) and geometry.stride == (2, 2) and not any(geometry.pads)
-    with _launch(out.size) as run:
-        kernel = kernel_module("conv").max_pool_2x2_backward if tiles else kernel_module("conv").max_pool_backward
-        run(kernel)(np.ascontiguousarray(grad), argmax, out)
+    kernel = kernel_module("conv").max_pool_2x2_backward if tiles else kernel_module("conv").max_pool_backward
+    kernel(np.ascontiguousarray(grad), argmax, out)
     return out
 
 
@@ -176,17 +168,14 @@ def avg_pool(x, geometry, count_include_pad: bool):
     n, c = x.shape[:2]
     ho, wo = geometry.out_hw(*x.shape[2:])
     out = np.empty((n, c, ho, wo), dtype=x.dtype)
-    with _launch(x.size) as run:
-        run(kernel_module("conv").avg_pool)(np.ascontiguousarray(x), *_pool_args(geometry),
-                                             bool(count_include_pad), out)
+    kernel_module("conv").avg_pool(np.ascontiguousarray(x), *_pool_args(geometry), bool(count_include_pad), out)
     return out
 
 
 def avg_pool_backward(grad, x_shape: tuple, geometry, count_include_pad: bool):
     out = np.empty(x_shape, dtype=grad.dtype)
-    with _launch(out.size) as run:
-        run(kernel_module("conv").avg_pool_backward)(np.ascontiguousarray(grad), *_pool_args(geometry),
-                                                      bool(count_include_pad), out)
+    kernel_module("conv").avg_pool_backward(np.ascontiguousarray(grad), *_pool_args(geometry),
+                                            bool(count_include_pad), out)
     return out
 
 

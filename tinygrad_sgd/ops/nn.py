@@ -19,9 +19,10 @@ so second derivatives through it stay exact.
 
 **CPU fast paths.** On NumPy arrays the convolution and pooling ops run Numba kernels
 (``cpu_kernels.py``, ``kernels/conv.py``): im2col into a ``(C*kh*kw, N*Ho*Wo)`` layout,
-matrix products per sample (forward, input gradient) or over the batch (weight gradient),
-col2im and pooling with one thread per plane (no ``np.add.at``). The array code below each ``if`` is the readable
-reference, held equal to the kernels by the tests, and the code that runs on CuPy arrays.
+matrix products over the batch (forward, weight gradient) or per sample (input gradient),
+col2im and pooling as serial loops over planes (no ``np.add.at``). The array code below
+each ``if`` is the readable reference, held equal to the kernels by the tests, and the
+code that runs on CuPy arrays.
 """
 
 from __future__ import annotations
