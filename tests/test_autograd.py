@@ -371,3 +371,39 @@ def test_rebinding_data_is_checked_like_the_constructor():
         w.data = [1.0, 2.0]
     np.testing.assert_array_equal(w.numpy() if not w.requires_grad else w.detach().numpy(), [1.0, 2.0])
     assert w._version == 0
+
+
+
+def test_a_leaf_gradient_made_late_in_backward_is_not_copied():
+    # The first gradient of a leaf becomes its .grad without a copy. Backward remembers
+    # the arrays it has handed out (the root's upstream gradient among them) by id(); one
+    # that died during backward must not pass its id on to a new gradient array, which
+    # would then be copied for nothing (it was: a whole embedding table's gradient per step).
+    from tinygrad_sgd.autograd.engine import Function
+
+    made = []
+
+    class Total(Function):  # sum, with a backward that makes a new array (no view of grad)
+        saves_inputs = False
+
+        def forward(self, x):
+            return x.sum()
+
+        def backward(self, grad, output):
+            return (tg.Tensor.from_array(np.full(self.inputs[0].shape, float(grad.item()), dtype=np.float32)),)
+
+    class FreshGrad(Function):  # identity, whose gradient is a new array
+        saves_inputs = False
+
+        def forward(self, x):
+            return x.copy()
+
+        def backward(self, grad, output):
+            made.append(np.full(self.inputs[0].shape, 2.0, dtype=np.float32))
+            return (tg.Tensor.from_array(made[-1]),)
+
+    for _ in range(20):
+        w = tg.Tensor(np.ones(4, dtype=np.float32), requires_grad=True)
+        Total.apply(FreshGrad.apply(w)).backward()  # the root's ones die before FreshGrad's backward
+        assert w.grad.data is made[-1]
+        np.testing.assert_array_equal(w.grad.numpy(), 2.0)

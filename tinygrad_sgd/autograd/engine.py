@@ -217,7 +217,9 @@ def backward(roots: list[Tensor], root_grads: list, *, retain_graph: bool, creat
     for root, g in zip(roots, root_grads):
         _add_pending(pending, root, _root_grad(g, root))
     # The gradients the caller passed in are theirs: a leaf must never get one as its .grad.
-    handed_out = {id(_memory_owner(g.data)) for g in pending.values()}
+    # Arrays are keyed by id() and kept in the dict, so that no new array can take the id
+    # of one that has died during this backward (which would force a needless copy).
+    handed_out = {id(owner): owner for owner in (_memory_owner(g.data) for g in pending.values())}
     order = topological_order(roots)
     wanted = None if inputs is None else {t: i for i, t in enumerate(inputs)}
     captured: list[Any] = [] if inputs is None else [None] * len(inputs)
@@ -255,7 +257,7 @@ def backward(roots: list[Tensor], root_grads: list, *, retain_graph: bool, creat
     return None if inputs is None else captured
 
 
-def accumulate_grad(tensor: Tensor, g, handed_out: set) -> None:
+def accumulate_grad(tensor: Tensor, g, handed_out: dict) -> None:
     """Add the gradient ``g`` (a Tensor, or a ``SparseRowGrad``) into ``tensor.grad``.
 
     The aliasing rules, which keep every ``.grad`` independent of every other array:
@@ -283,7 +285,7 @@ def accumulate_grad(tensor: Tensor, g, handed_out: set) -> None:
             g = Tensor._make(g.data.copy(), g._device, requires_grad=g._requires_grad) if g._ctx is None \
                 else g.clone()
             owner = g.data
-        handed_out.add(id(owner))
+        handed_out[id(owner)] = owner
         tensor.grad = g
         return
     if isinstance(g, SparseRowGrad) and isinstance(tensor.grad, SparseRowGrad):
