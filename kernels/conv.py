@@ -15,9 +15,11 @@ per output pixel of the whole batch -- so that
 * the input gradient is ``W^T @ g[n]`` per sample, ``(N, C*kh*kw, Ho*Wo)``, followed by
   :func:`col2im`.
 
-One product over the whole batch lets BLAS use every core; per-sample products (the
-forward's earlier form) measured as fast on one thread and slower on two. For the input
-gradient the two forms measured about the same (docs/benchmarks.md).
+For the forward, one product over the whole batch lets BLAS use every core: with two
+threads it beat the per-sample products (the earlier form) for both layers of the example
+CNN; with one thread it was slower for the first layer and faster for the second. The
+input gradient keeps the per-sample products, which measured faster on one thread
+(docs/benchmarks.md).
 
 The kernels are serial loops, run on the calling thread. They sit between the matrix
 products, whose BLAS threads stay awake (spinning) for a while after each call; a Numba

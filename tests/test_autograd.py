@@ -373,7 +373,6 @@ def test_rebinding_data_is_checked_like_the_constructor():
     assert w._version == 0
 
 
-
 def test_a_leaf_gradient_made_late_in_backward_is_not_copied():
     # The first gradient of a leaf becomes its .grad without a copy. Backward remembers
     # the arrays it has handed out (the root's upstream gradient among them) by id(); one

@@ -110,7 +110,8 @@ def conv_forward(x, weight, bias, geometry):
     cols = im2col(x, geometry, (ho, wo))
     rows = weight.reshape(out_channels, -1) @ cols
     out = np.empty((n, out_channels, ho * wo), dtype=x.dtype)
-    bias = np.zeros(out_channels, dtype=x.dtype) if bias is None else bias
+    if bias is None:  # -0.0 is the exact identity of + (a +0.0 would turn -0.0 results into +0.0)
+        bias = np.full(out_channels, -0.0, dtype=x.dtype)
     kernel_module("conv").rows_to_nchw(rows, bias, out)
     return out.reshape(n, out_channels, ho, wo), cols
 
