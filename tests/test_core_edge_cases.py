@@ -657,3 +657,63 @@ def test_broadcasting_with_0d_and_size_1_axes_on_both_sides():
     e = leaf(away_from_zero((1, 4, 1), seed=3))
     assert gradcheck(lambda a, b, c: a * b + c / a, [a, b, c])
     assert gradcheck(lambda d, e: tg.maximum(d * e, e - d), [d, e])
+
+
+# ----------------------------------------------------------------------------- found by fuzzing against torch
+
+
+def test_std_gradient_is_zero_where_the_std_is_zero():
+    # std = sqrt(var): sqrt's own gradient at 0 is inf, and inf * 0 made every element of a
+    # constant row NaN. torch's std gives 0 there; elsewhere the gradient is unchanged.
+    x = leaf([[1.0, 1.0, 1.0], [1.0, 2.0, 4.0]])
+    x.std(axis=1).sum().backward()
+    row = np.array([1.0, 2.0, 4.0])
+    expected = (row - row.mean()) / (2 * row.std(ddof=1))  # d std / dx_i = (x_i - mean) / ((N-1) std)
+    np.testing.assert_allclose(x.grad.numpy(), [[0.0, 0.0, 0.0], expected], rtol=1e-12)
+    assert gradcheck(lambda t: t.std(axis=1), [leaf([[1.0, 2.0, 4.0]])])
+    if torch is not None:
+        t = torch.tensor([[1.0, 1.0, 1.0], [1.0, 2.0, 4.0]], dtype=torch.float64, requires_grad=True)
+        t.std(dim=1).sum().backward()
+        np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-12)
+
+
+def test_and_or_invert_are_bitwise_on_integers_and_logical_on_bools():
+    a, b = tg.tensor([1, 2, 3]), tg.tensor([3, 2, 1])
+    np.testing.assert_array_equal((a & b).numpy(), [1, 2, 1])  # torch: bitwise, not [True, True, True]
+    np.testing.assert_array_equal((a | b).numpy(), [3, 2, 3])
+    np.testing.assert_array_equal((~a).numpy(), [-2, -3, -4])
+    p, q = tg.tensor([True, True, False]), tg.tensor([True, False, False])
+    assert (p & q).numpy().dtype == bool and (p & q).numpy().tolist() == [True, False, False]
+    assert (p | q).numpy().tolist() == [True, True, False]
+    assert (~p).numpy().tolist() == [False, False, True]
+    x = tg.tensor([1.0, 2.0])
+    with pytest.raises(TypeError, match="bool or integer"):
+        _ = x & x
+    with pytest.raises(TypeError, match="bool or integer"):
+        _ = ~x
+
+
+def test_flatten_refuses_start_dim_after_end_dim():
+    with pytest.raises(ValueError, match="start_dim 2 comes after end_dim 1"):
+        tg.ones(2, 3, 4).flatten(2, 1)
+    assert tg.ones(2, 3, 4).flatten(1, 1).shape == (2, 3, 4)
+    assert tg.ones(2, 3, 4).flatten(-2, -1).shape == (2, 12)
+
+
+@pytest.mark.parametrize("kind", ["plain", "smoothing", "weighted", "nll"])
+def test_a_mean_loss_over_no_target_has_zero_gradient(kind):
+    # Every target ignored (or an empty batch): the mean is NaN, as torch, and backward
+    # must give zeros, as torch, not raise ZeroDivisionError.
+    F = tg.nn.functional
+    for logits, target in ((np.ones((2, 3)), [-100, -100]), (np.ones((0, 3)), np.zeros(0, dtype=np.int64))):
+        x = tg.Tensor(logits, requires_grad=True)
+        y = tg.tensor(target)
+        if kind == "nll":
+            loss = F.nll_loss(x.log_softmax(axis=1), y)
+        else:
+            loss = F.cross_entropy(x, y, label_smoothing=0.1 if kind == "smoothing" else 0.0,
+                                   weight=tg.tensor([1.0, 2.0, 3.0], dtype=tg.float64) if kind == "weighted" else None)
+        assert np.isnan(loss.item())
+        loss.backward()
+        assert x.grad.shape == logits.shape
+        np.testing.assert_array_equal(x.grad.numpy(), 0.0)

@@ -35,7 +35,7 @@ def torch_params(torch, grads, dtype):
 # ----------------------------------------------------------------------------- norm clipping
 
 
-@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, math.inf, "inf"])
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, 0.5, math.inf, "inf", 0, -1.0, -math.inf])
 @pytest.mark.parametrize("max_norm", [0.5, 1e3])  # clipping and not clipping
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_clip_grad_norm_matches_torch(norm_type, max_norm, dtype):
@@ -50,6 +50,25 @@ def test_clip_grad_norm_matches_torch(norm_type, max_norm, dtype):
     np.testing.assert_allclose(total.item(), ttotal.item(), rtol=rtol)
     for p, tp in zip(params, tparams):
         np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=rtol, atol=rtol * 1e-2)
+
+
+@pytest.mark.parametrize("norm_type", [0, -1.0, -math.inf])
+def test_clip_grad_norm_orders_at_or_below_zero_count_zero_entries(norm_type):
+    # Worked out by hand (torch's vector_norm of the per-gradient norms): gradients [3, 0]
+    # and [4]: order 0 counts 1 and 1 nonzero entries, then 2 nonzero counts; order -inf
+    # and -1 see the 0, so the first norm is 0, and so is the total.
+    params = [tg.Tensor(np.zeros(2), dtype=tg.float64, requires_grad=True),
+              tg.Tensor(np.zeros(1), dtype=tg.float64, requires_grad=True)]
+    params[0].grad = tg.Tensor(np.array([3.0, 0.0]), dtype=tg.float64)
+    params[1].grad = tg.Tensor(np.array([4.0]), dtype=tg.float64)
+    total = utils.clip_grad_norm_(params, 10.0, norm_type=norm_type)
+    assert total.item() == (2.0 if norm_type == 0 else 0.0)
+    # A sparse gradient's untouched rows are zeros too: with one untouched row the
+    # order -inf norm is 0, not the smallest stored value.
+    table = tg.Tensor(np.zeros((3, 2)), dtype=tg.float64, requires_grad=True)
+    table.grad = SparseRowGrad(np.array([0, 2]), np.array([[1.0, 2.0], [3.0, 4.0]]), (3, 2))
+    expected = {0: 1.0, -1.0: 0.0, -math.inf: 0.0}[norm_type]  # order 0: one gradient with nonzeros
+    assert utils.get_total_norm([table.grad], norm_type).item() == expected
 
 
 def test_clip_grad_norm_caps_the_joint_norm_and_keeps_the_direction():
@@ -94,7 +113,7 @@ def test_clip_grad_norm_bad_arguments():
     with pytest.raises(ValueError, match="max_norm"):
         utils.clip_grad_norm_(params, -1.0)
     with pytest.raises(ValueError, match="norm_type"):
-        utils.clip_grad_norm_(params, 1.0, norm_type=0)
+        utils.clip_grad_norm_(params, 1.0, norm_type=math.nan)
     with pytest.raises(TypeError, match="Tensor"):
         utils.clip_grad_norm_([params[0], np.ones(3)], 1.0)
 

@@ -276,3 +276,21 @@ def test_sgd_momentum_conventions_agree_at_constant_lr_and_differ_when_lr_change
     np.testing.assert_allclose(ours(constant), textbook(constant), rtol=1e-12)
     changed = [0.05] * 15 + [0.01] * 15
     assert np.abs(ours(changed) - textbook(changed)).max() > 1e-3
+
+
+def test_adagrad_starts_every_accumulator_from_the_constructors_value():
+    # As torch.optim.Adagrad: a param group's own initial_accumulator_value (given in the
+    # list or by add_param_group) is accepted but not used; every sum starts from the
+    # constructor's value. (Worked out by hand: sum = 2 + 0.5^2; p -= 0.1 * 0.5 / sqrt(sum).)
+    p = tg.Tensor(np.array([1.0, 2.0]), dtype=tg.float64, requires_grad=True)
+    q = tg.Tensor(np.array([1.0, 2.0]), dtype=tg.float64, requires_grad=True)
+    opt = tg.optim.Adagrad([{"params": [p], "initial_accumulator_value": 1.0}], lr=0.1,
+                           initial_accumulator_value=2.0)
+    opt.add_param_group({"params": [q], "initial_accumulator_value": 3.0})
+    for t in (p, q):
+        t.grad = tg.Tensor(np.array([0.5, -0.5]), dtype=tg.float64)
+    opt.step()
+    expected = np.array([1.0, 2.0]) - 0.1 * np.array([0.5, -0.5]) / (np.sqrt(2.25) + 1e-10)
+    for t in (p, q):
+        np.testing.assert_allclose(opt.state[t]["sum"], 2.25, rtol=1e-15)
+        np.testing.assert_allclose(t.detach().numpy(), expected, rtol=1e-14)

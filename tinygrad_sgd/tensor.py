@@ -449,15 +449,16 @@ class Tensor:
         return ops.compare("not_equal", self, other)
 
     def __invert__(self):
-        if self.data.dtype != bool_:
-            raise TypeError(f"~ needs a bool tensor, got dtype {self.data.dtype}")
+        """Logical not of a bool tensor, bitwise not of an integer one (as torch)."""
+        if self.data.dtype != bool_ and self.data.dtype.kind not in "iu":
+            raise TypeError(f"~ needs a bool or integer tensor, got dtype {self.data.dtype}")
         return Tensor._make(~self.data, self._device)
 
     def __and__(self, other):
-        return ops.compare("logical_and", self, other)
+        return ops.compare("bitwise_and", self, other)
 
     def __or__(self, other):
-        return ops.compare("logical_or", self, other)
+        return ops.compare("bitwise_or", self, other)
 
     # ------------------------------------------------------------------ elementwise
     def exp(self):
@@ -541,7 +542,7 @@ class Tensor:
         return squares * (1.0 / divisor) if divisor > 0 else squares / 0.0
 
     def std(self, axis=None, keepdims: bool = False, correction: int = 1):
-        return self.var(axis=axis, keepdims=keepdims, correction=correction).sqrt()
+        return ops.SqrtOfVariance.apply(self.var(axis=axis, keepdims=keepdims, correction=correction))
 
     def logsumexp(self, axis=None, keepdims: bool = False):
         return ops.LogSumExp.apply(self, axis=ops.normalize_axes(axis, self.data.ndim), keepdims=keepdims)
@@ -572,6 +573,9 @@ class Tensor:
         if ndim == 0:
             return self.reshape(1)
         start, end = ops.normalize_axis(start_dim, ndim), ops.normalize_axis(end_dim, ndim)
+        if start > end:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
+                             f"(a tensor of shape {self.shape})")
         shape = self.data.shape
         return self.reshape(shape[:start] + (-1,) + shape[end + 1:])
 

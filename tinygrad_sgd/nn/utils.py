@@ -79,12 +79,17 @@ def _vector_norm(array, norm_type: float):
         norm = xp.zeros((), dtype=array.dtype)
     elif norm_type == math.inf:
         norm = a.max()
+    elif norm_type == -math.inf:
+        norm = a.min()
+    elif norm_type == 0:
+        norm = xp.count_nonzero(a)  # the "0-norm": how many entries are not zero
     elif norm_type == 2.0:
         norm = xp.sqrt(xp.dot(a, a))
     elif norm_type == 1.0:
         norm = a.sum()
     else:
-        norm = (a ** norm_type).sum() ** (1.0 / norm_type)
+        with np.errstate(divide="ignore"):  # a 0 under a negative order: 0 ** p = inf, so the norm is 0
+            norm = (a ** norm_type).sum() ** (1.0 / norm_type)
     return xp.asarray(norm, dtype=array.dtype)  # a 0-d array (NumPy reductions return scalars)
 
 
@@ -94,19 +99,22 @@ def get_total_norm(grads, norm_type: float = 2.0, error_if_nonfinite: bool = Fal
     Computed as torch does: the norm of each gradient, then the norm of those norms
     (equal to the norm of the concatenation for any p-norm). A SparseRowGrad's repeated
     rows are summed first (its norm is that of the dense gradient it stands for).
-    ``norm_type`` is any p > 0 or ``inf`` (``"inf"`` works too). Returns a 0-d Tensor in
-    the gradients' dtype on the first gradient's device.
+    ``norm_type`` is any real p, ``inf`` or ``-inf`` (``"inf"`` works too), as torch's
+    ``vector_norm``: ``0`` counts the nonzero entries (of each gradient, then of those
+    counts, as torch), ``-inf`` is the smallest magnitude. Returns a 0-d Tensor in the
+    gradients' dtype on the first gradient's device.
     """
     norm_type = float(norm_type)
-    if not norm_type > 0:
-        raise ValueError(f"norm_type must be > 0 or inf, got {norm_type}")
+    if math.isnan(norm_type):
+        raise ValueError("norm_type must be a number, inf or -inf, got nan")
     grads = list(grads)
     if not grads:
         return Tensor(0.0)
     norms, dtypes = [], []
     for g in grads:
         if isinstance(g, SparseRowGrad):
-            array = g.coalesce().values
+            # Orders <= 0 see the zero rows a sparse gradient leaves out: use the dense one.
+            array = g.coalesce().values if norm_type > 0 else g.to_dense()
         elif isinstance(g, Tensor):
             array = g.data
         else:

@@ -13,7 +13,7 @@ The contract every op follows is :class:`tinygrad_sgd.autograd.engine.Function`'
 
 from .common import as_float, constant, keepdims_shape, normalize_axes, normalize_axis
 from .elementwise import (Abs, Add, Cast, Clip, Clone, Div, Erf, Exp, LeakyReLU, Log, MatMul, Maximum, Mul, Neg,
-                          Pow, ReLU, Sigmoid, Softplus, Sqrt, Sub, Tanh, ToDevice, Where, compare, maximum,
-                          minimum, where)
+                          Pow, ReLU, Sigmoid, Softplus, Sqrt, SqrtOfVariance, Sub, Tanh, ToDevice, Where, compare,
+                          maximum, minimum, where)
 from .reduce import Extremum, LogSoftmax, LogSumExp, Mean, Softmax, Sum, arg_reduce, unbroadcast
 from .shape import BroadcastTo, Concat, GetItem, IndexAdd, Permute, Reshape, concat, raw_index, stack

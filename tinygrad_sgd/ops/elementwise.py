@@ -190,6 +190,23 @@ class Sqrt(Function):
         return (grad * 0.5 / output,)  # d sqrt(x) = 1 / (2 sqrt(x))
 
 
+class SqrtOfVariance(Function):
+    """``sqrt(v)`` as ``std`` takes it: the gradient is 0 where the result is 0 (a constant
+    input has no spread to move), as torch's ``std``; plain ``sqrt`` would give
+    ``inf * 0 = NaN`` there."""
+
+    def forward(self, v):
+        return get_array_module(v).sqrt(v)
+
+    def backward(self, grad, output):
+        zero_std = output.data == 0
+        xp = get_array_module(grad.data)
+        zero = constant(xp.zeros((), dtype=grad.data.dtype), grad)
+        one = constant(xp.ones((), dtype=grad.data.dtype), grad)
+        safe = Where.apply(one, output, condition=zero_std)  # no division by 0 (and no warning)
+        return (Where.apply(zero, grad * 0.5 / safe, condition=zero_std),)
+
+
 class Abs(Function):
     def forward(self, x):
         return abs(x)
@@ -389,14 +406,17 @@ def minimum(a, b) -> Tensor:
 
 
 _COMPARISONS = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
-                "logical_and", "logical_or"}
+                "bitwise_and", "bitwise_or"}
 
 
 def compare(name: str, a: Tensor, other) -> Tensor:
-    """A comparison or logical op: a bool tensor outside the graph."""
+    """A comparison (a bool tensor), or ``&`` / ``|`` (``bitwise_and`` / ``bitwise_or``:
+    logical on bool tensors, bitwise on integer ones, as torch); outside the graph."""
     assert name in _COMPARISONS
     b = _as_tensor(other, a)
     if b._device != a._device:
         raise RuntimeError(f"{name}: expected both tensors on the same device, found {a._device} and {b._device}")
+    if name.startswith("bitwise") and not (a.data.dtype.kind in "biu" and b.data.dtype.kind in "biu"):
+        raise TypeError(f"{name}: needs bool or integer tensors, got dtypes {a.data.dtype} and {b.data.dtype}")
     xp = get_array_module(a.data)
     return Tensor._make(getattr(xp, name)(a.data, b.data), a._device)

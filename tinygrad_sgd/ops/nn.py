@@ -423,7 +423,11 @@ def _upstream(grad, reduction: str, denominator: float):
     """Upstream gradient broadcastable over ``(N, C, d1, ...)`` (a Tensor or a raw array)."""
     if reduction == "none":
         return grad.reshape(grad.shape[:1] + (1,) + grad.shape[1:])
-    return grad * (1.0 / denominator) if reduction == "mean" else grad
+    if reduction != "mean":
+        return grad
+    # A mean over no target (all ignored, or an empty batch) is NaN, but nothing was
+    # averaged, so no logit moves it: torch's gradient is 0 there, not a ZeroDivisionError.
+    return grad * (1.0 / denominator if denominator != 0 else 0.0)
 
 
 def _divide(total, denominator):
@@ -458,7 +462,7 @@ class CrossEntropy(Function):
             self.denominator = float(logits.shape[0]) if reduction == "mean" else 1.0
             if reduction == "none":
                 return -picked
-            return -picked.sum() / self.denominator if reduction == "mean" else -picked.sum()
+            return _divide(-picked.sum(), self.denominator) if reduction == "mean" else -picked.sum()
         valid = target != ignore_index
         safe = xp.where(valid, target, 0)[:, None]
         # An ignored row contributes 0 even when its logits are NaN (torch): select, do not

@@ -69,7 +69,9 @@ class Adagrad(Optimizer):
         for p in params:
             state = self.state.get(p)
             if not state:
-                start = group["initial_accumulator_value"]
+                # The constructor's value, as torch.optim.Adagrad: a param group's own
+                # initial_accumulator_value is accepted there but not used.
+                start = self.defaults["initial_accumulator_value"]
                 state = self.state[p] = {"step": 0, "sum": full_like_param(p, start)}
             state["step"] += 1
             states.append(state)
