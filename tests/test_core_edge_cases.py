@@ -717,3 +717,13 @@ def test_a_mean_loss_over_no_target_has_zero_gradient(kind):
         loss.backward()
         assert x.grad.shape == logits.shape
         np.testing.assert_array_equal(x.grad.numpy(), 0.0)
+
+
+def test_expand_takes_minus_one_for_an_existing_size():
+    x = leaf(np.arange(3.0).reshape(3, 1))
+    y = x.expand(-1, 4)  # torch: -1 keeps the size of that axis
+    assert y.shape == (3, 4) and x.expand(2, -1, 4).shape == (2, 3, 4)
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[4.0], [4.0], [4.0]])
+    with pytest.raises(ValueError, match="new leading dimension"):
+        x.expand(-1, 3, 4)

@@ -628,7 +628,15 @@ class Tensor:
             return self
         return ops.BroadcastTo.apply(self, shape=shape)
 
-    expand = broadcast_to
+    def expand(self, *sizes):
+        """``broadcast_to`` with torch's ``-1``: keep that axis's size (torch's ``expand``)."""
+        sizes = _shape_arg(sizes)
+        lead = len(sizes) - self.data.ndim  # new axes come first, as in broadcasting
+        if any(s == -1 for s in sizes[:max(lead, 0)]):
+            raise ValueError(f"expand: -1 keeps an existing size; it cannot stand for a new leading "
+                             f"dimension (sizes {sizes} for a tensor of shape {self.shape})")
+        return self.broadcast_to(tuple(self.data.shape[i - lead] if s == -1 and i >= lead else s
+                                       for i, s in enumerate(sizes)))
 
     def __getitem__(self, index):
         return ops.GetItem.apply(self, index=ops.raw_index(index, self))
