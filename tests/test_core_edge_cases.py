@@ -332,7 +332,8 @@ def test_integer_and_bool_tensors_flow_through_ops_with_sensible_dtypes():
     i = tg.Tensor([1, 2, 3])
     b = tg.Tensor([True, False, True])
     assert (i + 1).dtype == tg.int64 and (i * 2).dtype == tg.int64
-    assert (i * 0.5).dtype == tg.float64  # NumPy promotion (documented in _as_tensor)
+    assert (i * 0.5).dtype == tg.float32 and (i / i).dtype == tg.float32  # torch promotion (_promoted)
+    assert (tg.ones(3) - i).dtype == tg.float32 and (2 / i).dtype == tg.float32 and (b * tg.ones(3)).dtype == tg.float32
     assert b.sum().dtype == tg.int64 and b.sum().item() == 2
     assert (b + True).dtype == tg.bool_
     assert i.max().item() == 3 and i.argmax().item() == 2

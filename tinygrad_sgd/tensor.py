@@ -385,34 +385,34 @@ class Tensor:
 
     # ------------------------------------------------------------------ arithmetic
     def __add__(self, other):
-        return ops.Add.apply(self, _as_tensor(other, self))
+        return ops.Add.apply(*_promoted(self, _as_tensor(other, self)))
 
     def __radd__(self, other):
-        return ops.Add.apply(_as_tensor(other, self), self)
+        return ops.Add.apply(*_promoted(_as_tensor(other, self), self))
 
     def __sub__(self, other):
-        return ops.Sub.apply(self, _as_tensor(other, self))
+        return ops.Sub.apply(*_promoted(self, _as_tensor(other, self)))
 
     def __rsub__(self, other):
-        return ops.Sub.apply(_as_tensor(other, self), self)
+        return ops.Sub.apply(*_promoted(_as_tensor(other, self), self))
 
     def __mul__(self, other):
-        return ops.Mul.apply(self, _as_tensor(other, self))
+        return ops.Mul.apply(*_promoted(self, _as_tensor(other, self)))
 
     def __rmul__(self, other):
-        return ops.Mul.apply(_as_tensor(other, self), self)
+        return ops.Mul.apply(*_promoted(_as_tensor(other, self), self))
 
     def __truediv__(self, other):
-        return ops.Div.apply(self, _as_tensor(other, self))
+        return ops.Div.apply(*_promoted(self, _as_tensor(other, self), true_divide=True))
 
     def __rtruediv__(self, other):
-        return ops.Div.apply(_as_tensor(other, self), self)
+        return ops.Div.apply(*_promoted(_as_tensor(other, self), self, true_divide=True))
 
     def __pow__(self, exponent):
-        return ops.Pow.apply(self, _as_tensor(exponent, self))
+        return ops.Pow.apply(*_promoted(self, _as_tensor(exponent, self)))
 
     def __rpow__(self, base):
-        return ops.Pow.apply(_as_tensor(base, self), self)
+        return ops.Pow.apply(*_promoted(_as_tensor(base, self), self))
 
     def __matmul__(self, other):
         return ops.MatMul.apply(self, _as_tensor(other, self))
@@ -672,8 +672,8 @@ def _as_tensor(value, like: Tensor) -> Tensor:
     """Turn a Python scalar or array operand into a constant tensor next to ``like``.
 
     A Python float keeps a float tensor's dtype (``x * 0.5`` stays float32, as in torch
-    and NumPy 2). An integer tensor times a float scalar follows NumPy's promotion
-    (int64 with a float gives float64; torch would give float32).
+    and NumPy 2); with an integer tensor it becomes a float32 tensor, which
+    :func:`_promoted` then casts the integers to (float32, as torch).
     """
     if isinstance(value, Tensor):
         return value
@@ -692,6 +692,21 @@ def _as_tensor(value, like: Tensor) -> Tensor:
         dtype = like.data.dtype if like.data.dtype.kind == "f" else None
         return Tensor(value, dtype=dtype, device=like._device)
     raise TypeError(f"unsupported operand type {type(value).__name__} for a Tensor op")
+
+
+def _promoted(a: Tensor, b: Tensor, *, true_divide: bool = False) -> tuple:
+    """The operands of a binary op, cast where torch's type promotion differs from NumPy's:
+    an integer or bool tensor meeting a float one takes the float one's dtype (NumPy would
+    widen int64 with float32 to float64), and ``/`` of two integer tensors gives float32
+    (torch's default float; NumPy gives float64). Integer tensors carry no gradient."""
+    kind_a, kind_b = a.data.dtype.kind, b.data.dtype.kind
+    if kind_a == "f" and kind_b in "biu":
+        return a, b.to(dtype=a.dtype)
+    if kind_b == "f" and kind_a in "biu":
+        return a.to(dtype=b.dtype), b
+    if true_divide and kind_a in "biu" and kind_b in "biu":
+        return a.to(dtype=float32), b.to(dtype=float32)
+    return a, b
 
 
 # The engine and the ops need Tensor defined first, so they are imported last; the Tensor
