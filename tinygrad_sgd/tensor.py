@@ -699,10 +699,12 @@ def _promoted(a: Tensor, b: Tensor, *, true_divide: bool = False) -> tuple:
     an integer or bool tensor meeting a float one takes the float one's dtype (NumPy would
     widen int64 with float32 to float64), and ``/`` of two integer tensors gives float32
     (torch's default float; NumPy gives float64). Integer tensors carry no gradient."""
-    kind_a, kind_b = a.data.dtype.kind, b.data.dtype.kind
-    if kind_a == "f" and kind_b in "biu":
+    dtype_a, dtype_b = a.data.dtype, b.data.dtype
+    kind_a, kind_b = dtype_a.kind, dtype_b.kind
+    # (A bool mask times a float tensor already gives the float dtype in NumPy: no cast.)
+    if kind_a == "f" and kind_b in "biu" and np.result_type(dtype_a, dtype_b) != dtype_a:
         return a, b.to(dtype=a.dtype)
-    if kind_b == "f" and kind_a in "biu":
+    if kind_b == "f" and kind_a in "biu" and np.result_type(dtype_a, dtype_b) != dtype_b:
         return a.to(dtype=b.dtype), b
     if true_divide and kind_a in "biu" and kind_b in "biu":
         return a.to(dtype=float32), b.to(dtype=float32)
