@@ -450,7 +450,7 @@ class Tensor:
 
     def __invert__(self):
         """Logical not of a bool tensor, bitwise not of an integer one (as torch)."""
-        if self.data.dtype != bool_ and self.data.dtype.kind not in "iu":
+        if self.data.dtype.kind not in "biu":  # the same rule as & and | (ops.compare)
             raise TypeError(f"~ needs a bool or integer tensor, got dtype {self.data.dtype}")
         return Tensor._make(~self.data, self._device)
 
